@@ -1,0 +1,181 @@
+"""Token log-probabilities and entropies without a full-vocabulary fp32 tensor.
+
+For logits ``z`` (divided by the sampling temperature ``τ``) and label ``y``:
+``logp = z_y − logsumexp(z)``, ``H = logsumexp(z) − Σ_v p_v z_v``. Rows are processed in chunks; the
+backward pass recomputes each chunk's softmax, so the only ``[N, V]`` tensors are the caller's
+logits and their gradient (or, from hidden states, none at all):
+
+``∂logp/∂z_v = 1[v=y] − p_v``,  ``∂H/∂z_v = −p_v (log p_v + H)``  (then ``· 1/τ``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_CHUNK_ELEMENTS = 1 << 24  # ~64 MB of fp32 per chunk temporary
+
+
+def _rows_per_chunk(vocab: int, chunk_size: int | None) -> int:
+    return max(1, chunk_size or _CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _forward_stats(z: Tensor, labels: Tensor, with_entropy: bool):
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(-1, labels[:, None]).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, lse, None
+    probs = torch.exp(z - lse[:, None])
+    entropy = lse - (probs * z).sum(-1)
+    return logp, lse, entropy
+
+
+def _grad_z(z: Tensor, labels: Tensor, lse: Tensor, entropy, g_logp, g_ent) -> Tensor:
+    """Gradient w.r.t. the temperature-scaled logits of one chunk."""
+    log_q = z - lse[:, None]
+    probs = torch.exp(log_q)
+    grad = torch.zeros_like(z)
+    if g_logp is not None:
+        grad = grad - probs * g_logp[:, None]
+        grad.scatter_add_(-1, labels[:, None], g_logp[:, None])
+    if g_ent is not None:
+        grad = grad - probs * (log_q + entropy[:, None]) * g_ent[:, None]
+    return grad
+
+
+class _LogitsLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, temperature, rows, with_entropy):
+        n = logits.shape[0]
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        logp = logits.new_empty(n, dtype=dtype)
+        lse = logits.new_empty(n, dtype=dtype)
+        ent = logits.new_empty(n, dtype=dtype) if with_entropy else None
+        for s in range(0, n, rows):
+            z = logits[s : s + rows].to(dtype) / temperature
+            lp, ls, en = _forward_stats(z, labels[s : s + rows], with_entropy)
+            logp[s : s + rows], lse[s : s + rows] = lp, ls
+            if with_entropy:
+                ent[s : s + rows] = en
+        ctx.save_for_backward(logits, labels, lse, ent if with_entropy else lse)
+        ctx.temperature, ctx.rows, ctx.with_entropy = temperature, rows, with_entropy
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        logits, labels, lse, ent = ctx.saved_tensors
+        if not ctx.with_entropy:
+            g_ent = None
+        grad = torch.empty_like(logits)
+        dtype = lse.dtype
+        for s in range(0, logits.shape[0], ctx.rows):
+            sl = slice(s, s + ctx.rows)
+            z = logits[sl].to(dtype) / ctx.temperature
+            gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl))
+            grad[sl] = (gz / ctx.temperature).to(logits.dtype)
+        return grad, None, None, None, None
+
+
+class _HiddenLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, temperature, rows, with_entropy):
+        n = hidden.shape[0]
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        logp = hidden.new_empty(n, dtype=dtype)
+        lse = hidden.new_empty(n, dtype=dtype)
+        ent = hidden.new_empty(n, dtype=dtype) if with_entropy else None
+        for s in range(0, n, rows):
+            z = _project(hidden[s : s + rows], weight, bias).to(dtype) / temperature
+            lp, ls, en = _forward_stats(z, labels[s : s + rows], with_entropy)
+            logp[s : s + rows], lse[s : s + rows] = lp, ls
+            if with_entropy:
+                ent[s : s + rows] = en
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else lse, labels, lse, ent if with_entropy else lse)
+        ctx.has_bias, ctx.temperature, ctx.rows, ctx.with_entropy = bias is not None, temperature, rows, with_entropy
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        hidden, weight, bias, labels, lse, ent = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        if not ctx.with_entropy:
+            g_ent = None
+        dtype = lse.dtype
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device)
+        grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if bias is not None else None
+        for s in range(0, hidden.shape[0], ctx.rows):
+            sl = slice(s, s + ctx.rows)
+            h = hidden[sl]
+            z = _project(h, weight, bias).to(dtype) / ctx.temperature
+            gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl)) / ctx.temperature
+            grad_hidden[sl] = (gz.to(weight.dtype) @ weight).to(hidden.dtype)
+            grad_weight += gz.T @ h.to(dtype)
+            if grad_bias is not None:
+                grad_bias += gz.sum(0)
+        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
+        return grad_hidden, grad_weight.to(weight.dtype), grad_bias, None, None, None, None
+
+
+def _project(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    z = h @ weight.T
+    return z + bias if bias is not None else z
+
+
+def _slice(t: Tensor | None, sl: slice) -> Tensor | None:
+    return None if t is None else t[sl]
+
+
+def _check(labels: Tensor, lead: torch.Size, vocab: int, temperature: float) -> None:
+    if labels.shape != lead:
+        raise ValueError(f"labels must have shape {tuple(lead)}, got {tuple(labels.shape)}")
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if vocab < 1:
+        raise ValueError("vocabulary size must be >= 1")
+
+
+def token_logprobs(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """``log softmax(logits/τ)[labels]`` and the entropy, for ``logits[..., V]``, ``labels[...]``.
+
+    Labels outside ``[0, V)`` (e.g. -100 padding) are read as 0: mask those positions yourself.
+    Outputs are float32 (float64 for float64 logits); ``chunk_size`` rows are processed at once.
+    """
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    _check(labels, lead, vocab, temperature)
+    flat = labels.reshape(-1).clamp(0, vocab - 1)
+    rows = _rows_per_chunk(vocab, chunk_size)
+    logp, ent = _LogitsLogprob.apply(logits.reshape(-1, vocab), flat, float(temperature), rows, with_entropy)
+    return logp.view(lead), (ent.view(lead) if ent is not None else None)
+
+
+def token_logprobs_from_hidden(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Like :func:`token_logprobs` from final hidden states ``[..., H]`` and the output embedding
+    ``weight[V, H]`` (plus optional ``bias[V]``): the logits exist only one chunk at a time."""
+    lead, vocab = hidden.shape[:-1], weight.shape[0]
+    _check(labels, lead, vocab, temperature)
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be [V, H={hidden.shape[-1]}], got {tuple(weight.shape)}")
+    flat = labels.reshape(-1).clamp(0, vocab - 1)
+    rows = _rows_per_chunk(vocab, chunk_size)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    logp, ent = _HiddenLogprob.apply(h, weight, bias, flat, float(temperature), rows, with_entropy)
+    return logp.view(lead), (ent.view(lead) if ent is not None else None)
