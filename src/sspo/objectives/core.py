@@ -93,6 +93,12 @@ def masked_stats(prefix: str, values: Tensor, mask: Tensor) -> dict[str, Tensor]
     }
 
 
+def select(cond: Tensor, if_true: float, if_false: float, like: Tensor) -> Tensor:
+    """``torch.where`` between two Python numbers, in ``like``'s dtype (no float32 round trip)."""
+    a = torch.tensor(if_true, dtype=like.dtype, device=like.device)
+    return torch.where(cond, a, torch.tensor(if_false, dtype=like.dtype, device=like.device))
+
+
 def fraction(flags: Tensor, mask: Tensor) -> Tensor:
     """Fraction of ``mask`` positions where ``flags`` holds."""
     return masked_mean((flags & mask).to(torch.float32), mask)

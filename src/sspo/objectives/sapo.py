@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from .core import PolicyBatch, Terms, geometric_mean_ratio, soft_gate_metrics
+from .core import PolicyBatch, Terms, geometric_mean_ratio, select, soft_gate_metrics
 
 
 def sapo_terms(batch: PolicyBatch, *, tau_pos: float = 1.0, tau_neg: float = 1.05) -> Terms:
     """Token terms ``f_τ(r)·A``."""
     ratio = torch.exp(batch.log_ratio)
     adv = batch.token_adv
-    tau = torch.where(adv > 0, tau_pos, tau_neg).to(ratio.dtype)
+    tau = select(adv > 0, tau_pos, tau_neg, ratio)
     gate = torch.sigmoid(tau * (ratio - 1.0))
     values = (4.0 / tau) * gate * adv
     weight = 4.0 * ratio * gate * (1.0 - gate)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import PolicyBatch, Terms, soft_gate_metrics
+from .core import PolicyBatch, Terms, select, soft_gate_metrics
 from .gates import Gate, get_gate
 
 
@@ -32,7 +32,7 @@ def sspo_terms(
     neg_gate = pos_gate if gate_neg is None else get_gate(gate_neg)
     delta = batch.log_ratio
     positive = (batch.seq_adv > 0)[:, None]
-    tau = torch.where(positive, tau_pos, tau_neg).to(delta.dtype)
+    tau = select(positive, tau_pos, tau_neg, delta)
     h = pos_gate.h(delta, tau)
     weight = pos_gate.weight(delta, tau)
     if neg_gate is not pos_gate:

@@ -1,0 +1,137 @@
+"""Gradients of every objective equal the SPEC's closed forms (float64)."""
+
+import math
+
+import pytest
+import torch
+from objective_cases import grad_of, random_case
+
+import sspo
+
+# The objective computes J; autograd of the loss (-J) must equal -dJ/dlogp below.
+
+
+def _counts(mask):
+    n = mask.sum(-1).to(torch.float64)
+    return n, (n > 0).sum().to(torch.float64), n.sum()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grpo_gradient_closed_form(seed):
+    lp, old, adv, mask = random_case(seed)
+    el, eh = 0.2, 0.28
+    out = sspo.policy_loss("grpo", lp, old, adv, mask, eps_low=el, eps_high=eh)
+    n, g_seqs, _ = _counts(mask)
+    r = torch.exp(lp.detach() - old)
+    a = adv[:, None].expand_as(r)
+    clipped = ((a > 0) & (r > 1 + eh)) | ((a < 0) & (r < 1 - el))
+    expected = torch.where(mask & ~clipped, a * r / n.clamp(min=1)[:, None] / g_seqs, 0.0)
+    assert clipped[mask].any() and (~clipped[mask]).any()
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gspo_gradient_closed_form(seed):
+    lp, old, adv, mask = random_case(seed, drift=0.01)
+    el, eh = 3e-3, 4e-3
+    out = sspo.policy_loss("gspo", lp, old, adv, mask, eps_low=el, eps_high=eh)
+    n, g_seqs, _ = _counts(mask)
+    delta = torch.where(mask, lp.detach() - old, 0.0)
+    s = torch.exp(delta.sum(-1) / n.clamp(min=1))
+    clipped = ((adv > 0) & (s > 1 + eh)) | ((adv < 0) & (s < 1 - el))
+    per_seq = torch.where(clipped, 0.0, adv * s / n.clamp(min=1) / g_seqs)
+    expected = torch.where(mask, per_seq[:, None], 0.0)
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gmpo_gradient_closed_form(seed):
+    lp, old, adv, mask = random_case(seed)
+    cl, ch = 0.3, 0.4
+    out = sspo.policy_loss("gmpo", lp, old, adv, mask, clip_low=cl, clip_high=ch)
+    n, g_seqs, _ = _counts(mask)
+    delta = torch.where(mask, lp.detach() - old, 0.0)
+    a = adv[:, None]
+    ell = torch.where(a > 0, delta.clamp(max=ch), delta.clamp(min=-cl))
+    w = torch.exp(torch.where(mask, ell, 0.0).sum(-1) / n.clamp(min=1))
+    active = torch.where(a > 0, delta < ch, delta > -cl)
+    expected = torch.where(mask & active, (adv * w / n.clamp(min=1) / g_seqs)[:, None], 0.0)
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sapo_gradient_closed_form(seed):
+    lp, old, adv, mask = random_case(seed)
+    tp, tn = 1.0, 1.3
+    out = sspo.policy_loss("sapo", lp, old, adv, mask, tau_pos=tp, tau_neg=tn)
+    n, g_seqs, _ = _counts(mask)
+    r = torch.exp(lp.detach() - old)
+    a = adv[:, None].expand_as(r)
+    tau = torch.where(a > 0, torch.tensor(tp, dtype=torch.float64), torch.tensor(tn, dtype=torch.float64))
+    sig = torch.sigmoid(tau * (r - 1))
+    expected = torch.where(mask, a * 4 * r * sig * (1 - sig) / n.clamp(min=1)[:, None] / g_seqs, 0.0)
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+
+
+def _h_prime(gate, delta, tau):
+    if gate == "arctan":
+        return 1 / (1 + (tau * delta) ** 2)
+    if gate == "sigmoid":
+        s = torch.sigmoid(tau * delta)
+        return 4 * s * (1 - s)
+    return torch.exp(-((tau * delta) ** 2))
+
+
+def _h(gate, delta, tau):
+    if gate == "arctan":
+        return torch.atan(tau * delta) / tau
+    if gate == "sigmoid":
+        return 4 / tau * (torch.sigmoid(tau * delta) - 0.5)
+    return math.sqrt(math.pi) / (2 * tau) * torch.erf(tau * delta)
+
+
+@pytest.mark.parametrize("gate", ["arctan", "sigmoid", "gaussian"])
+@pytest.mark.parametrize("seed", range(3))
+def test_sspo_gradient_is_eq13(gate, seed):
+    """∂J/∂logp = (1/G')·A·s·h'(Δ)/n  (the paper's Eq. 13), and the value is 1/G' Σ s·A."""
+    lp, old, adv, mask = random_case(seed, drift=1.5)
+    tp, tn = 1.0, 1.7
+    out = sspo.policy_loss("sspo", lp, old, adv, mask, gate=gate, tau_pos=tp, tau_neg=tn)
+    n, g_seqs, _ = _counts(mask)
+    delta = torch.where(mask, lp.detach() - old, 0.0)
+    tau = torch.where(adv > 0, torch.tensor(tp, dtype=torch.float64), torch.tensor(tn, dtype=torch.float64))[:, None]
+    s = torch.exp(torch.where(mask, _h(gate, delta, tau), 0.0).sum(-1) / n.clamp(min=1))
+    expected = torch.where(mask, (adv * s / n.clamp(min=1) / g_seqs)[:, None] * _h_prime(gate, delta, tau), 0.0)
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+    value = torch.where(n > 0, s * adv, 0.0).sum() / g_seqs
+    torch.testing.assert_close(-out.loss.detach(), value, rtol=1e-12, atol=1e-14)
+    assert out.metrics["gate/attenuated_frac"] > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cispo_gradient_closed_form(seed):
+    lp, old, adv, mask = random_case(seed, drift=2.0)
+    out = sspo.policy_loss("cispo", lp, old, adv, mask, ratio_max=2.0)
+    _, _, tokens = _counts(mask)
+    r = torch.exp(lp.detach() - old)
+    expected = torch.where(mask, r.clamp(max=2.0) * adv[:, None] / tokens, 0.0)
+    assert (r[mask] > 2.0).any()
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sspo.OBJECTIVES)
+def test_on_policy_gradient_is_plain_policy_gradient(name):
+    """With old == logp every objective's gradient is A·∇logp under its aggregation."""
+    lp, _, adv, mask = random_case(7)
+    out = sspo.policy_loss(name, lp, lp.detach().clone(), adv, mask)
+    n, g_seqs, tokens = _counts(mask)
+    if name == "cispo":
+        expected = adv[:, None] / tokens
+    else:
+        expected = (adv / n.clamp(min=1) / g_seqs)[:, None]
+    torch.testing.assert_close(-grad_of(out.loss, lp), torch.where(mask, expected, 0.0), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.metrics["ratio/mean"], torch.tensor(1.0, dtype=torch.float64))
+    if name == "sspo":
+        for key in ("seq_weight/min", "seq_weight/max", "gate/weight_mean"):
+            assert out.metrics[key].item() == 1.0
+        assert out.metrics["seq_weight/ess"].item() == pytest.approx(1.0, abs=1e-12)
