@@ -1,0 +1,59 @@
+"""A math-verify worker process: ``python -m sspo.rewards._worker``.
+
+Protocol: JSON lines. On start the worker writes ``["ready", null]`` (or ``["error", message]``),
+then answers each request line ``[gold, pred]`` with one status line: ``"correct"``, ``"wrong"`` or
+``"parse_fail"``. End of input ends it. Internal math-verify timeouts are off: the parent enforces
+the time bound by killing this process. A subprocess (not ``multiprocessing``) so that starting
+one never re-imports the caller's ``__main__`` script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _compare(parse, verify, config, gold: str, pred: str) -> str:
+    def parsed(text: str):
+        return parse("\\boxed{" + text + "}", extraction_config=config, parsing_timeout=None)
+
+    try:
+        gold_parsed, pred_parsed = parsed(gold), parsed(pred)
+        if not gold_parsed:  # unparseable reference: fall back to exact text
+            return "correct" if "".join(gold.split()) == "".join(pred.split()) else "wrong"
+        if not pred_parsed:
+            return "parse_fail"
+        return "correct" if verify(gold_parsed, pred_parsed, timeout_seconds=None) else "wrong"
+    except Exception:
+        return "parse_fail"
+
+
+def main() -> None:
+    """Serve requests from stdin until it closes."""
+    # Keep the protocol channel private: anything the libraries print goes to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+    def send(message) -> None:
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    try:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        send(["error", f"{type(exc).__name__}: {exc}"])
+        return
+    config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+    send(["ready", None])
+    for line in sys.stdin:
+        try:
+            gold, pred = json.loads(line)
+        except (ValueError, TypeError):
+            send("parse_fail")
+            continue
+        send(_compare(parse, verify, config, str(gold), str(pred)))
+
+
+if __name__ == "__main__":
+    main()
