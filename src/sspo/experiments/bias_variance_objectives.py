@@ -1,0 +1,55 @@
+"""The gradient estimators compared by the bias–variance study (a torch-free registry).
+
+Each entry names a core objective of :func:`sspo.policy_loss` with its hyperparameters, or the
+study's own unbiased reference estimator. Everything not given here uses the core defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_OBJECTIVES", "REFERENCE", "VARIANTS", "ObjectiveVariant", "get_variant"]
+
+REFERENCE = "is-reference"
+"""Label of the unbiased reference: sequence importance weights with a leave-one-out baseline."""
+
+
+@dataclass(frozen=True)
+class ObjectiveVariant:
+    """One gradient estimator: a core objective name plus keyword arguments for ``policy_loss``."""
+
+    label: str
+    """Name used in tables, plots and on the command line."""
+    objective: str | None
+    """Core objective name (``sspo.OBJECTIVES``); ``None`` for the study's reference estimator."""
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for ``sspo.policy_loss`` (gate, clip ranges, temperatures, ...)."""
+    loss_agg_mode: str | None = None
+    """Aggregation mode; ``None`` keeps the objective's default."""
+
+
+VARIANTS: dict[str, ObjectiveVariant] = {
+    v.label: v
+    for v in (
+        ObjectiveVariant("sspo-arctan", "sspo", {"gate": "arctan"}),
+        ObjectiveVariant("sspo-sigmoid", "sspo", {"gate": "sigmoid"}),
+        ObjectiveVariant("sspo-gaussian", "sspo", {"gate": "gaussian"}),
+        ObjectiveVariant("grpo", "grpo"),
+        ObjectiveVariant("gspo", "gspo"),
+        ObjectiveVariant("gmpo", "gmpo"),
+        ObjectiveVariant("sapo", "sapo"),
+        ObjectiveVariant("cispo", "cispo"),
+        ObjectiveVariant(REFERENCE, None),
+    )
+}
+
+DEFAULT_OBJECTIVES: tuple[str, ...] = tuple(VARIANTS)
+
+
+def get_variant(label: str) -> ObjectiveVariant:
+    """Look up an estimator by label; the error lists the valid labels."""
+    try:
+        return VARIANTS[label]
+    except KeyError:
+        raise ValueError(f"unknown objective {label!r}; valid: {', '.join(VARIANTS)}") from None
