@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 
 
 def _compare(parse, verify, config, gold: str, pred: str) -> str:
@@ -29,8 +31,16 @@ def _compare(parse, verify, config, gold: str, pred: str) -> str:
         return "parse_fail"
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    """Exit if the parent dies mid-computation (stdin EOF is only seen between requests)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def main() -> None:
     """Serve requests from stdin until it closes."""
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     # Keep the protocol channel private: anything the libraries print goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
