@@ -13,11 +13,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_CHUNK_ELEMENTS = 1 << 24  # ~64 MB of fp32 per chunk temporary
+_CHUNK_ELEMENTS = 1 << 22  # ~16 MB of fp32 per chunk temporary
 
 
 def _rows_per_chunk(vocab: int, chunk_size: int | None) -> int:
     return max(1, chunk_size or _CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _scaled(z: Tensor, dtype: torch.dtype, temperature: float) -> Tensor:
+    z = z.to(dtype)
+    return z / temperature if temperature != 1.0 else z
 
 
 def _forward_stats(z: Tensor, labels: Tensor, with_entropy: bool):
@@ -25,21 +30,25 @@ def _forward_stats(z: Tensor, labels: Tensor, with_entropy: bool):
     logp = z.gather(-1, labels[:, None]).squeeze(-1) - lse
     if not with_entropy:
         return logp, lse, None
-    probs = torch.exp(z - lse[:, None])
-    entropy = lse - (probs * z).sum(-1)
+    probs = torch.sub(z, lse[:, None]).exp_()
+    entropy = lse - torch.linalg.vecdot(probs, z)
     return logp, lse, entropy
 
 
 def _grad_z(z: Tensor, labels: Tensor, lse: Tensor, entropy, g_logp, g_ent) -> Tensor:
-    """Gradient w.r.t. the temperature-scaled logits of one chunk."""
-    log_q = z - lse[:, None]
-    probs = torch.exp(log_q)
-    grad = torch.zeros_like(z)
-    if g_logp is not None:
-        grad = grad - probs * g_logp[:, None]
-        grad.scatter_add_(-1, labels[:, None], g_logp[:, None])
+    """Gradient w.r.t. the temperature-scaled logits of one chunk (two chunk-sized temporaries):
+    ``−p·(g_logp + g_ent·(log p + H)) + 1[v=y]·g_logp``."""
+    log_q = torch.sub(z, lse[:, None])
+    probs = log_q.exp()
     if g_ent is not None:
-        grad = grad - probs * (log_q + entropy[:, None]) * g_ent[:, None]
+        coef = log_q.add_(entropy[:, None]).mul_(g_ent[:, None])
+        if g_logp is not None:
+            coef.add_(g_logp[:, None])
+    else:
+        coef = log_q.copy_(g_logp[:, None].expand_as(log_q))
+    grad = coef.mul_(probs).neg_()
+    if g_logp is not None:
+        grad.scatter_add_(-1, labels[:, None], g_logp[:, None])
     return grad
 
 
@@ -52,7 +61,7 @@ class _LogitsLogprob(torch.autograd.Function):
         lse = logits.new_empty(n, dtype=dtype)
         ent = logits.new_empty(n, dtype=dtype) if with_entropy else None
         for s in range(0, n, rows):
-            z = logits[s : s + rows].to(dtype) / temperature
+            z = _scaled(logits[s : s + rows], dtype, temperature)
             lp, ls, en = _forward_stats(z, labels[s : s + rows], with_entropy)
             logp[s : s + rows], lse[s : s + rows] = lp, ls
             if with_entropy:
@@ -70,9 +79,11 @@ class _LogitsLogprob(torch.autograd.Function):
         dtype = lse.dtype
         for s in range(0, logits.shape[0], ctx.rows):
             sl = slice(s, s + ctx.rows)
-            z = logits[sl].to(dtype) / ctx.temperature
+            z = _scaled(logits[sl], dtype, ctx.temperature)
             gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl))
-            grad[sl] = (gz / ctx.temperature).to(logits.dtype)
+            if ctx.temperature != 1.0:
+                gz.div_(ctx.temperature)
+            grad[sl] = gz
         return grad, None, None, None, None
 
 
@@ -85,7 +96,7 @@ class _HiddenLogprob(torch.autograd.Function):
         lse = hidden.new_empty(n, dtype=dtype)
         ent = hidden.new_empty(n, dtype=dtype) if with_entropy else None
         for s in range(0, n, rows):
-            z = _project(hidden[s : s + rows], weight, bias).to(dtype) / temperature
+            z = _scaled(_project(hidden[s : s + rows], weight, bias), dtype, temperature)
             lp, ls, en = _forward_stats(z, labels[s : s + rows], with_entropy)
             logp[s : s + rows], lse[s : s + rows] = lp, ls
             if with_entropy:
@@ -107,10 +118,12 @@ class _HiddenLogprob(torch.autograd.Function):
         for s in range(0, hidden.shape[0], ctx.rows):
             sl = slice(s, s + ctx.rows)
             h = hidden[sl]
-            z = _project(h, weight, bias).to(dtype) / ctx.temperature
-            gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl)) / ctx.temperature
+            z = _scaled(_project(h, weight, bias), dtype, ctx.temperature)
+            gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl))
+            if ctx.temperature != 1.0:
+                gz.div_(ctx.temperature)
             grad_hidden[sl] = (gz.to(weight.dtype) @ weight).to(hidden.dtype)
-            grad_weight += gz.T @ h.to(dtype)
+            grad_weight.addmm_(gz.T, h.to(dtype))
             if grad_bias is not None:
                 grad_bias += gz.sum(0)
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
