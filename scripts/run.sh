@@ -21,7 +21,10 @@ setup() {
     echo "[setup] installing torch 2.13.0 first (CPU wheel here), then sspo with its extras"
     "$py" -m pip install -q --upgrade pip
     "$py" -m pip install -q torch==2.13.0
-    "$py" -m pip install -q -e ".[dev]"
+    "$py" -m pip install -q -e ".[dev,trl,verl]"
+    # verl without its dependency list: that pins torch 2.11 and CUDA-only wheels. The `verl` extra above
+    # brings what `verl.trainer.ppo.core_algos` imports (and transformers <5.11, which verl requires).
+    "$py" -m pip install -q --no-deps verl==0.9.1
     echo "$want" > "$stamp"
   fi
 }

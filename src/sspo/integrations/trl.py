@@ -1,0 +1,193 @@
+"""TRL plug-in: a ``GRPOTrainer`` whose loss is any objective of :data:`sspo.OBJECTIVES`.
+
+TRL keeps everything but the loss: generation (transformers or vLLM), reward functions, group
+advantages, the reference model, logging and gradient accumulation. :class:`SSPOGRPOTrainer`
+replaces only ``GRPOTrainer._compute_loss`` with one call to :func:`sspo.policy_loss`.
+
+Normalisation follows TRL: ``token-mean`` uses TRL's DAPO normaliser (active tokens of the whole
+accumulation window, across processes); the ``seq-mean-*`` modes average over the micro-batch's
+sequences and divide by the number of accumulation steps, as TRL's ``grpo`` loss does.
+vLLM's importance-sampling correction is folded into the advantages
+(:mod:`sspo.integrations._weights`). Supported TRL: :data:`SUPPORTED_TRL` (the override mirrors
+TRL's private ``_compute_loss`` inputs, which change between minor versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import sspo
+
+from ._weights import fold_sample_weights
+
+try:
+    import trl
+    from trl import GRPOConfig, GRPOTrainer
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("sspo.integrations.trl needs TRL: `pip install 'sspo[trl]'`") from err
+
+SUPPORTED_TRL = ">=1.16,<1.17"
+"""The TRL versions this module is tested with (the ``trl`` extra pins the same range)."""
+
+METRIC_PREFIX = "sspo/"
+"""Every :func:`sspo.policy_loss` metric is logged by TRL as ``sspo/<name>``."""
+
+
+@dataclass
+class SSPOGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the choice of sspo objective. TRL's own knobs keep their meaning:
+    ``epsilon``/``epsilon_high`` are ``eps_low``/``eps_high`` (grpo, gspo, gspo_token; set 3e-4/4e-4 for
+    GSPO), ``sapo_temperature_pos/neg`` are ``tau_pos``/``tau_neg`` (sapo, sspo), ``beta`` is the k3 KL
+    coefficient and ``entropy_coef`` the entropy bonus. ``loss_type`` and ``importance_sampling_level``
+    are replaced by ``sspo_objective``."""
+
+    sspo_objective: str = field(default="sspo", metadata={"help": f"One of {', '.join(sspo.OBJECTIVES)}."})
+    sspo_loss_agg_mode: str | None = field(
+        default=None,
+        metadata={"help": "token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm; "
+                  "None: the objective's default (token-mean for cispo, else seq-mean-token-mean)."},
+    )  # fmt: skip
+    sspo_gate: str = field(default="arctan", metadata={"help": "SSPO gate: a name in sspo.GATES."})
+    sspo_gmpo_clip_low: float = field(default=0.4, metadata={"help": "GMPO log-space clip c_low."})
+    sspo_gmpo_clip_high: float = field(default=0.4, metadata={"help": "GMPO log-space clip c_high."})
+    sspo_cispo_ratio_max: float = field(default=5.0, metadata={"help": "CISPO cap r_max of the IS weight."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        sspo.get_objective(self.sspo_objective)
+        if self.sspo_loss_agg_mode is not None and self.sspo_loss_agg_mode not in sspo.AGG_MODES:
+            raise ValueError(f"sspo_loss_agg_mode={self.sspo_loss_agg_mode!r} is not one of {sspo.AGG_MODES}")
+        if self.sspo_gate not in sspo.GATES:
+            raise ValueError(f"sspo_gate={self.sspo_gate!r} is not one of {', '.join(sspo.GATES)}")
+        for name, bad, fix in _UNSUPPORTED:
+            if bad(self):
+                raise ValueError(f"SSPOGRPOConfig: {name} is not supported by the sspo loss; {fix}")
+        token_is = self.vllm_importance_sampling_mode in ("token_truncate", "token_mask")
+        uses_is = self.use_vllm and self.vllm_importance_sampling_correction
+        if uses_is and token_is and sspo.get_objective(self.sspo_objective).sequence_level:
+            raise ValueError(
+                f"vllm_importance_sampling_mode={self.vllm_importance_sampling_mode!r} gives token weights, which the "
+                f"sequence-level objective {self.sspo_objective!r} cannot take: use 'sequence_mask' or 'sequence_truncate'"
+            )
+
+    def objective_hyperparameters(self) -> dict:
+        """The ``**hyperparameters`` of :func:`sspo.policy_loss` for ``sspo_objective``."""
+        name = self.sspo_objective
+        if name in ("grpo", "gspo", "gspo_token"):
+            high = self.epsilon_high if self.epsilon_high is not None else self.epsilon
+            return {"eps_low": self.epsilon, "eps_high": high}
+        if name in ("sapo", "sspo"):
+            taus = {"tau_pos": self.sapo_temperature_pos, "tau_neg": self.sapo_temperature_neg}
+            return {**taus, "gate": self.sspo_gate} if name == "sspo" else taus
+        if name == "gmpo":
+            return {"clip_low": self.sspo_gmpo_clip_low, "clip_high": self.sspo_gmpo_clip_high}
+        if name == "cispo":
+            return {"ratio_max": self.sspo_cispo_ratio_max}
+        return {}
+
+
+_UNSUPPORTED = (
+    ("loss_type", lambda a: a.loss_type != "dapo", "leave it at its default and choose sspo_objective"),
+    ("importance_sampling_level", lambda a: a.importance_sampling_level != "token",
+     "the objective decides (sspo_objective='gspo' is the sequence-level ratio)"),
+    ("delta", lambda a: a.delta is not None, "set delta=None"),
+    ("top_entropy_quantile", lambda a: a.top_entropy_quantile < 1.0, "set top_entropy_quantile=1.0"),
+    ("off_policy_mask_threshold", lambda a: a.off_policy_mask_threshold is not None,
+     "set off_policy_mask_threshold=None"),
+    ("use_adaptive_entropy", lambda a: a.use_adaptive_entropy, "use a fixed entropy_coef"),
+    ("use_bias_correction_kl", lambda a: a.beta != 0.0 and a.use_bias_correction_kl,
+     "the sspo KL term is plain k3: set use_bias_correction_kl=False"),
+)  # fmt: skip
+
+
+_PARTIAL_METRICS = ("pg_loss", "entropy", "kl")
+"""Metrics aggregated like the loss (partial sums under a window-wide token normaliser)."""
+
+
+class SSPOGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` computing its loss with :func:`sspo.policy_loss` (objective from :class:`SSPOGRPOConfig`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, SSPOGRPOConfig):
+            raise TypeError(f"SSPOGRPOTrainer needs args=SSPOGRPOConfig(...), got {type(self.args).__name__}")
+
+    def sspo_loss_inputs(self, model, inputs: dict) -> dict:
+        """The tensors the loss reads: ``log_probs``, ``old_log_probs``, ``advantages`` (vLLM IS folded in),
+        ``mask``, ``entropy``, ``ref_log_probs`` and the MoE ``aux_loss``, exactly as TRL's ``_compute_loss``
+        builds them."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        optional = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
+                    "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled, **{k: inputs.get(k) for k in optional},
+        )  # fmt: skip
+        old = inputs.get("old_per_token_logps")
+        weights = None
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            weights = inputs["importance_sampling_ratio"]
+        advantages = fold_sample_weights(self.args.sspo_objective, inputs["advantages"], weights, mask)
+        return {
+            "log_probs": logps,
+            "old_log_probs": logps.detach() if old is None else old,
+            "advantages": advantages,
+            "mask": mask,
+            "entropy": entropies,
+            "ref_log_probs": inputs.get("ref_per_token_logps"),
+            "aux_loss": aux_loss,
+        }
+
+    def sspo_normalisers(self, inputs: dict, mode: str) -> tuple[dict, float, float]:
+        """``(policy_loss normaliser kwargs, loss divisor, metric scale)`` following TRL.
+
+        ``token-mean`` normalises by the tokens of the whole accumulation window, so each micro-batch's
+        ``pg_loss``/``entropy``/``kl`` is a partial sum: the metric scale (the number of accumulation
+        steps) makes TRL's mean over micro-batches the window's value.
+        """
+        train = mode == "train"
+        accum = float(self.current_gradient_accumulation_steps if train else 1)
+        agg = self.args.sspo_loss_agg_mode or sspo.get_objective(self.args.sspo_objective).default_agg_mode
+        kwargs = {"loss_agg_mode": agg, "max_response_length": self.max_completion_length}
+        if agg == "token-mean":  # TRL's DAPO normaliser: tokens of one accumulation window per process
+            tokens = inputs["num_items_in_batch"] / self.accelerator.num_processes
+            if train:
+                tokens = tokens * accum / self.args.steps_per_generation
+            return {**kwargs, "global_num_tokens": tokens}, 1.0, accum
+        return kwargs, accum, 1.0
+
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        x = self.sspo_loss_inputs(model, inputs)
+        norm, divisor, metric_scale = self.sspo_normalisers(inputs, mode)
+        out = sspo.policy_loss(
+            self.args.sspo_objective, x["log_probs"], x["old_log_probs"], x["advantages"], x["mask"],
+            kl_coef=self.beta, ref_log_probs=x["ref_log_probs"], kl_estimator="k3",
+            entropy=x["entropy"], entropy_coef=self.entropy_coef, **norm, **self.args.objective_hyperparameters(),
+        )  # fmt: skip
+        loss = out.loss / divisor
+        if self.aux_loss_enabled:
+            accum = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            loss = loss + self.router_aux_loss_coef * x["aux_loss"] / accum
+        metrics = {k: v * metric_scale if k in _PARTIAL_METRICS else v for k, v in out.metrics.items()}
+        self.log_sspo_metrics(metrics, mode)
+        return loss
+
+    def log_sspo_metrics(self, metrics: dict[str, torch.Tensor], mode: str) -> None:
+        """Append every metric to TRL's ``_metrics[mode]`` as ``sspo/<name>`` (mean over processes), and
+        ``entropy``/``kl`` under TRL's own names. One gather and one host sync for all of them."""
+        keys = list(metrics)
+        local = torch.stack([metrics[k].detach().float() for k in keys])
+        values = self.accelerator.gather(local).view(-1, len(keys)).nanmean(0).tolist()
+        for key, value in zip(keys, values, strict=True):
+            self._metrics[mode][METRIC_PREFIX + key].append(value)
+            if key in ("entropy", "kl"):
+                self._metrics[mode][key].append(value)
+
+
+__all__ = ["METRIC_PREFIX", "SUPPORTED_TRL", "SSPOGRPOConfig", "SSPOGRPOTrainer", "trl"]

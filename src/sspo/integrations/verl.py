@@ -1,0 +1,182 @@
+"""verl plug-in: every objective of :data:`sspo.OBJECTIVES` as a verl policy loss.
+
+Importing this module registers, in verl's ``POLICY_LOSS_REGISTRY``:
+
+============================  ===========================================
+verl ``policy_loss.loss_mode``  sspo objective
+============================  ===========================================
+``sspo``                      ``sspo`` with the ``arctan`` gate (default)
+``sspo_sigmoid``              ``sspo`` with the ``sigmoid`` gate
+``sspo_gaussian``             ``sspo`` with the ``gaussian`` gate
+``sspo_<name>``               every other objective (``sspo_grpo``, ``sspo_gspo``,
+                              ``sspo_gspo_token``, ``sspo_gmpo``, ``sspo_sapo``, ``sspo_cispo``)
+============================  ===========================================
+
+verl imports the module in every worker when ``VERL_USE_EXTERNAL_MODULES=sspo.integrations.verl``
+is set in the environment (``import verl`` reads it). Hyperparameters come from verl's actor
+config (see :func:`hyperparameters_from_config`); the micro-batch loss is normalised with verl's
+global batch counts (``config.global_batch_info``) exactly like verl's ``agg_loss``, so the
+micro-batch losses of one mini-batch sum (after verl's DP averaging) to the SPEC loss of the whole
+mini-batch. verl's rollout-correction weights ``rollout_is_weights`` are folded into the advantages
+(:mod:`sspo.integrations._weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import sspo
+
+from ._weights import fold_sample_weights
+
+try:
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "sspo.integrations.verl needs verl: `pip install 'sspo[verl]'` then `pip install --no-deps verl==0.9.1` "
+        "(see docs/integrations.md)"
+    ) from err
+
+CLIP_OBJECTIVES = ("grpo", "gspo", "gspo_token")
+"""Objectives whose ``eps_low``/``eps_high`` are verl's ``clip_ratio_low``/``clip_ratio_high``."""
+
+SEQUENCE_AGG_HINT = (
+    "set actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean (verl's default is token-mean)"
+)
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """``config.key`` for verl's dataclass configs and for DictConfig/dict alike; ``default`` if unset."""
+    if config is None:
+        return default
+    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+    return default if value is None else value
+
+
+def verl_names() -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{verl loss_mode: (sspo objective, fixed hyperparameters)}`` for every objective and built-in gate."""
+    names: dict[str, tuple[str, dict[str, Any]]] = {}
+    for objective in sspo.OBJECTIVES:
+        if objective == "sspo":
+            names["sspo"] = ("sspo", {"gate": "arctan"})
+            for gate in sspo.GATES:
+                if gate != "arctan":
+                    names[f"sspo_{gate}"] = ("sspo", {"gate": gate})
+        else:
+            names[f"sspo_{objective}"] = (objective, {})
+    return names
+
+
+def hyperparameters_from_config(objective: str, config: Any) -> dict[str, float]:
+    """The objective's hyperparameters read from a verl ``ActorConfig``.
+
+    - ``grpo``, ``gspo``, ``gspo_token``: ``eps_low = clip_ratio_low``, ``eps_high = clip_ratio_high``
+      (each falls back to ``clip_ratio``), as verl's ``vanilla``/``gspo``;
+    - ``gmpo``: ``clip_low = clip_ratio_low``, ``clip_high = clip_ratio_high`` (log-space clip, as verl's
+      ``geo_mean``);
+    - ``sapo``, ``sspo``: ``tau_pos``, ``tau_neg`` (the actor fields verl's ``sapo`` reads);
+    - ``cispo``: ``ratio_max = 1 + clip_ratio_high`` (verl's ``cispo`` caps the ratio at ``1 + clip_ratio_high``).
+    """
+    clip = _get(config, "clip_ratio", 0.2)
+    low, high = _get(config, "clip_ratio_low", clip), _get(config, "clip_ratio_high", clip)
+    if objective in CLIP_OBJECTIVES:
+        return {"eps_low": float(low), "eps_high": float(high)}
+    if objective == "gmpo":
+        return {"clip_low": float(low), "clip_high": float(high)}
+    if objective in ("sapo", "sspo"):
+        return {
+            "tau_pos": float(_get(config, "tau_pos", 1.0)),
+            "tau_neg": float(_get(config, "tau_neg", 1.05)),
+        }
+    if objective == "cispo":
+        return {"ratio_max": 1.0 + float(high)}
+    return {}
+
+
+def normalisers(config: Any, loss_agg_mode: str) -> tuple[dict[str, Any], float, str]:
+    """Translate verl's ``global_batch_info`` into ``policy_loss`` normaliser arguments.
+
+    Returns ``(kwargs, dp_size, mode)``. verl's ``token-sum`` is ``token-mean`` with a normaliser of 1.
+    As in verl's ``agg_loss``, a run with ``dp_size > 1`` must provide the global counts.
+    """
+    info = dict(_get(config, "global_batch_info", {}) or {})
+    dp_size = float(info.get("dp_size") or 1)
+    num_tokens, num_seqs = info.get("batch_num_tokens"), info.get("global_batch_size")
+    kwargs: dict[str, Any] = {"max_response_length": info.get("loss_scale_factor")}
+    mode = loss_agg_mode
+    if mode == "token-sum":
+        mode, num_tokens = "token-mean", 1
+    if dp_size > 1 and (
+        (mode == "token-mean" and num_tokens is None) or (mode != "token-mean" and num_seqs is None)
+    ):
+        raise ValueError(f"loss_agg_mode={loss_agg_mode!r} with dp_size > 1 needs verl's global batch info")
+    kwargs.update(global_num_tokens=num_tokens, global_num_seqs=num_seqs)
+    return kwargs, dp_size, mode
+
+
+def verl_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """verl-style metrics: ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``, then
+    every other sspo metric under ``actor/sspo/``. One host sync for the whole dict."""
+    keys = list(metrics)
+    values = torch.stack([metrics[k].detach().to(torch.float64) for k in keys]).cpu().tolist()
+    flat = dict(zip(keys, values, strict=True))
+    out = {
+        "actor/pg_clipfrac": flat.get("pg_clipfrac", 0.0),
+        "actor/ppo_kl": flat["ppo_kl"],
+        "actor/pg_clipfrac_lower": flat.get("pg_clipfrac_low", 0.0),
+    }
+    out.update({f"actor/sspo/{k}": v for k, v in flat.items()})
+    return out
+
+
+def make_policy_loss(objective: str, fixed: dict[str, Any] | None = None) -> Callable:
+    """A function with verl's policy-loss signature computing :func:`sspo.policy_loss` ``objective``."""
+    sspo.get_objective(objective)  # fail early on a bad name
+    fixed = dict(fixed or {})
+
+    def policy_loss_fn(
+        old_log_prob: torch.Tensor,
+        log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        loss_agg_mode: str = "seq-mean-token-mean",
+        config: Any = None,
+        rollout_is_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        advantages = fold_sample_weights(objective, advantages, rollout_is_weights, response_mask)
+        hp = {**hyperparameters_from_config(objective, config), **fixed}
+        norm, dp_size, mode = normalisers(config, loss_agg_mode)
+        try:
+            out = sspo.policy_loss(
+                objective, log_prob, old_log_prob, advantages, response_mask, loss_agg_mode=mode, **norm, **hp
+            )
+        except ValueError as err:
+            if "sequence-level" in str(err):
+                raise ValueError(f"{err}; in verl, {SEQUENCE_AGG_HINT}") from err
+            raise
+        return out.loss * dp_size, verl_metrics(out.metrics)
+
+    policy_loss_fn.__name__ = f"sspo_policy_loss_{objective}"
+    policy_loss_fn.__qualname__ = policy_loss_fn.__name__
+    policy_loss_fn.__doc__ = (
+        f"verl policy loss computing ``sspo.policy_loss({objective!r}, ...)`` with {fixed or 'defaults'}."
+    )
+    return policy_loss_fn
+
+
+def register_all(overwrite: bool = False) -> dict[str, Callable]:
+    """Register every name of :func:`verl_names` with verl; refuse to shadow one of verl's own losses."""
+    registered = {}
+    for name, (objective, fixed) in verl_names().items():
+        existing = POLICY_LOSS_REGISTRY.get(name)
+        if existing is not None and not overwrite and not existing.__name__.startswith("sspo_policy_loss_"):
+            raise ValueError(f"verl already has a policy loss named {name!r}; refusing to replace it")
+        registered[name] = register_policy_loss(name)(make_policy_loss(objective, fixed))
+    return registered
+
+
+REGISTERED = register_all()
+"""The functions registered at import, by verl name."""
