@@ -46,7 +46,7 @@ class BiasVarianceConfig:
     """M, independent groups (batches) drawn per grid point; each gives one gradient estimate."""
     update_groups: int = 64
     """Groups per optimiser update for the ``nmse_update`` column (the error of a K-group mean)."""
-    policies: int = 4
+    policies: int = 8
     """Random (theta_old, drift direction) pairs per length; reported metrics are their means."""
     init_scale: float = 1.0
     """Standard deviation of the random logits of theta_old."""
@@ -168,62 +168,26 @@ def run_study(
 def _run(config: BiasVarianceConfig, out_dir: str | Path | None, progress: bool) -> list[dict]:
     import torch
 
-    import sspo
-
     from . import bias_variance_policy as pol
-    from .bias_variance_estimators import gradient_metrics, per_batch_gradients
 
     start = time.perf_counter()
-    G, M = config.group_size, config.num_batches
     raw: list[dict] = []
     total = len(config.lengths) * config.policies * len(config.kl_targets)
     with _progress(progress, total) as advance:
         for length in config.lengths:
             sequences = pol.all_sequences(config.vocab, length)
-            rewards_all = pol.digit_sum_reward(
-                sequences, reward_target(config, length), config.reward_tolerance
-            )
+            rewards = pol.digit_sum_reward(sequences, reward_target(config, length), config.reward_tolerance)
             for policy in range(config.policies):
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + length * 1_009 + policy)
                 theta_old = pol.init_logits(config.vocab, length, config.init_scale, gen)
                 if config.drift == "ascent":
-                    direction = pol.exact_gradient(theta_old, sequences, rewards_all)[1]
+                    direction = pol.exact_gradient(theta_old, sequences, rewards)[1]
                 else:
                     direction = torch.randn(theta_old.shape, generator=gen, dtype=torch.float64)
                 direction = direction / direction.norm()
-                with torch.no_grad():
-                    mu_probs = pol.sequence_logprobs(theta_old, sequences).exp()
-                success_mu = float((mu_probs * rewards_all).sum())
                 for kl_target in config.kl_targets:
-                    seq_target = kl_target * (length if config.kl_unit == "token" else 1)
-                    delta, kl = pol.calibrate_drift(theta_old, direction, sequences, seq_target)
-                    theta = theta_old + delta * direction
-                    objective, true_grad = pol.exact_gradient(theta, sequences, rewards_all)
-                    index = pol.sample_indices(mu_probs, M * G, gen)
-                    batch_seqs = sequences[index].reshape(M, G, length)
-                    rewards = rewards_all[index].reshape(M, G)
-                    advantages, _ = sspo.group_advantages(
-                        rewards.reshape(-1), group_size=G, method=config.advantage
-                    )
-                    common = {
-                        "length": length, "policy": policy, "kl_target": kl_target, "kl_seq": kl,
-                        "kl_token": kl / length, "delta": delta, "success_mu": success_mu,
-                        "success_pi": float(objective), "grad_norm": float(true_grad.norm()),
-                        "zero_std_groups": float((rewards.std(-1) == 0).double().mean()),
-                    }  # fmt: skip
-                    for label in config.objectives:
-                        grads, extra = per_batch_gradients(
-                            VARIANTS[label], theta, theta_old, batch_seqs, rewards,
-                            advantages.reshape(M, G),
-                        )  # fmt: skip
-                        raw.append(
-                            {
-                                "objective": label,
-                                **common,
-                                **gradient_metrics(grads, true_grad, config.update_groups),
-                                **extra,
-                            }
-                        )
+                    common = {"length": length, "policy": policy, "kl_target": kl_target}
+                    raw += _grid_point(config, theta_old, direction, sequences, rewards, gen, common)
                     advance()
     summary = _summarise(raw, config)
     seconds = time.perf_counter() - start
@@ -235,6 +199,42 @@ def _run(config: BiasVarianceConfig, out_dir: str | Path | None, progress: bool)
         (out / "config.json").write_text(json.dumps({**asdict(config), "seconds": seconds}, indent=2))
         write_report(summary, raw, config, out, seconds)
     return summary
+
+
+def _grid_point(config, theta_old, direction, sequences, rewards_all, gen, common: dict) -> list[dict]:
+    """Rows of every objective at one (length, policy, KL target): drift, exact gradient, M batches."""
+    import torch
+
+    import sspo
+
+    from . import bias_variance_policy as pol
+    from .bias_variance_estimators import gradient_metrics, per_batch_gradients
+
+    G, M, length = config.group_size, config.num_batches, sequences.shape[-1]
+    seq_target = common["kl_target"] * (length if config.kl_unit == "token" else 1)
+    delta, kl = pol.calibrate_drift(theta_old, direction, sequences, seq_target)
+    theta = theta_old + delta * direction
+    objective, true_grad = pol.exact_gradient(theta, sequences, rewards_all)
+    with torch.no_grad():
+        mu_probs = pol.sequence_logprobs(theta_old, sequences).exp()
+    index = pol.sample_indices(mu_probs, M * G, gen)
+    batches = sequences[index].reshape(M, G, length)
+    rewards = rewards_all[index].reshape(M, G)
+    advantages = sspo.group_advantages(rewards.reshape(-1), group_size=G, method=config.advantage)[0]
+    common = {
+        **common, "kl_seq": kl, "kl_token": kl / length, "delta": delta,
+        "success_mu": float((mu_probs * rewards_all).sum()), "success_pi": float(objective),
+        "grad_norm": float(true_grad.norm()),
+        "zero_std_groups": float((rewards.std(-1) == 0).double().mean()),
+    }  # fmt: skip
+    rows = []
+    for label in config.objectives:
+        grads, extra = per_batch_gradients(
+            VARIANTS[label], theta, theta_old, batches, rewards, advantages.reshape(M, G)
+        )
+        metrics = gradient_metrics(grads, true_grad, config.update_groups)
+        rows.append({"objective": label, **common, **metrics, **extra})
+    return rows
 
 
 class _progress:

@@ -41,10 +41,13 @@ VARIANTS: dict[str, ObjectiveVariant] = {
         ObjectiveVariant("sapo", "sapo"),
         ObjectiveVariant("cispo", "cispo"),
         ObjectiveVariant(REFERENCE, None),
+        # not in the default set: GSPO with GRPO's clip range, to separate GSPO's sequence ratio
+        # from its default range (3e-4, 4e-4), which is tuned for responses of thousands of tokens
+        ObjectiveVariant("gspo-wide", "gspo", {"eps_low": 0.2, "eps_high": 0.2}),
     )
 }
 
-DEFAULT_OBJECTIVES: tuple[str, ...] = tuple(VARIANTS)
+DEFAULT_OBJECTIVES: tuple[str, ...] = tuple(label for label in VARIANTS if label != "gspo-wide")
 
 
 def get_variant(label: str) -> ObjectiveVariant:

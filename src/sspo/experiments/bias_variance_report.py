@@ -12,7 +12,7 @@ PLOTTED = {
     "cosine": ("cos(E[g], ∇J)", "linear"),
     "projection": ("⟨E[g], ∇J⟩ / ‖∇J‖²", "linear"),
     "nmse_update": ("NMSE of a K-group update (best step size)", "linear"),
-    "snr": ("signal-to-noise ‖E[g]‖² / tr Cov", "log"),
+    "snr": ("useful SNR ⟨E[g], ∇J⟩² / (‖∇J‖² tr Σ)", "log"),
 }
 """Metric → (axis label, y scale) of the figures ``bias_variance_<metric>.png``."""
 
@@ -68,8 +68,11 @@ def plot_metric(summary: list[dict], metric: str, path: Path) -> None:
     lengths = sorted({r["length"] for r in summary})
     objectives = list(dict.fromkeys(r["objective"] for r in summary))
     positive = sorted({r["kl_target"] for r in summary if r["kl_target"] > 0})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(lengths), figsize=(3.8 * len(lengths) + 1.4, 3.4), sharey=True, squeeze=False
+    )
     colors = plt.get_cmap("tab10")
+    markers = "ov^sDP*Xhp"
     for ax, length in zip(axes[0], lengths):
         for k, obj in enumerate(objectives):
             rows = sorted((r for r in summary if r["objective"] == obj and r["length"] == length),
@@ -77,7 +80,7 @@ def plot_metric(summary: list[dict], metric: str, path: Path) -> None:
             sspo_like = obj.startswith("sspo")
             ax.plot(
                 [r["kl_target"] for r in rows], [r[metric] for r in rows],
-                label=obj, color=colors(k % 10), marker="o" if sspo_like else "s", markersize=3.5,
+                label=obj, color=colors(k % 10), marker=markers[k % len(markers)], markersize=4,
                 linewidth=2.2 if sspo_like else 1.2, linestyle="-" if sspo_like else "--",
             )  # fmt: skip
         if positive:
@@ -87,7 +90,7 @@ def plot_metric(summary: list[dict], metric: str, path: Path) -> None:
         ax.set_xlabel("KL(μ ‖ π_θ)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(label)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
