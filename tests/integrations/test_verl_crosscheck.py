@@ -21,7 +21,9 @@ MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-to
 
 
 def verl_loss(name, log_probs, old, adv, mask, mode, **cfg):
-    loss, _ = get_policy_loss_fn(name)(old, log_probs, token_advantages(adv, mask), mask, mode, actor_config(**cfg))
+    loss, _ = get_policy_loss_fn(name)(
+        old, log_probs, token_advantages(adv, mask), mask, mode, actor_config(**cfg)
+    )
     return loss
 
 
@@ -77,7 +79,9 @@ def test_verl_gspo_with_its_default_token_mean_weights_sequences_by_length():
 
 def test_gmpo_equals_verl_geo_mean_without_empty_rows():
     log_probs, old, adv, mask = random_batch(seed=6, drift=0.5)
-    theirs = verl_loss("geo_mean", log_probs, old, adv, mask, "token-mean", clip_ratio_low=0.4, clip_ratio_high=0.3)
+    theirs = verl_loss(
+        "geo_mean", log_probs, old, adv, mask, "token-mean", clip_ratio_low=0.4, clip_ratio_high=0.3
+    )
     ours = sspo.policy_loss("gmpo", log_probs, old, adv, mask, clip_low=0.4, clip_high=0.3).loss
     assert_same(theirs, ours, log_probs)
 
@@ -128,7 +132,9 @@ def test_cispo_equals_verl_cispo_without_its_lower_clip(mode):
 
 def test_verl_cispo_default_also_clips_the_weight_from_below():
     log_probs, old, adv, mask = random_batch(seed=9, drift=0.8)
-    theirs = verl_loss("cispo", log_probs, old, adv, mask, "token-mean", clip_ratio_low=0.2, clip_ratio_high=1.5)
+    theirs = verl_loss(
+        "cispo", log_probs, old, adv, mask, "token-mean", clip_ratio_low=0.2, clip_ratio_high=1.5
+    )
     ours = sspo.policy_loss("cispo", log_probs, old, adv, mask, ratio_max=2.5).loss
     low = (torch.exp(log_probs - old) < 0.8) & mask
     diff = grad_of(theirs, log_probs) - grad_of(ours, log_probs)
