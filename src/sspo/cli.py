@@ -1,0 +1,164 @@
+"""The ``sspo`` command line. Arguments are parsed before torch is imported, so ``--help`` is fast.
+
+    sspo demo [--out DIR]                         tiny model, warm start, SSPO, before/after table
+    sspo train --config FILE [section.field=value ...]
+    sspo resume RUN_DIR
+    sspo eval --model PATH_OR_RUN_DIR [--task ...]
+    sspo compare --objectives sspo,grpo --seeds 3 --preset tiny
+    sspo study bias-variance [--out DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="train the built-in tiny model with SSPO on CPU in minutes",
+                       description="Build the tiny model, warm-start it (cached), evaluate, train with SSPO, "
+                                   "evaluate again; print a before/after table and write plots.")  # fmt: skip
+    p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
+    p.add_argument("--objective", default=None, help="objective to train with (default: the preset's, sspo)")
+    p.add_argument("--control", action="store_true",
+                   help="also continue supervised training from the same start for the same wall time")  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="config overrides section.field=value")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train with a YAML config and overrides")
+    p.add_argument("--config", default=None, help="YAML preset (see configs/); default: built-in defaults")
+    p.add_argument("overrides", nargs="*", help="config overrides section.field=value, e.g. objective.name=grpo")
+
+
+def _add_resume(sub) -> None:
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    p.add_argument("run_dir", help="run directory holding config.yaml and checkpoints/")
+    p.add_argument("overrides", nargs="*", help="overrides (e.g. steps=200 to extend a run)")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="greedy accuracy and pass@k of a model on held-out problems")
+    p.add_argument("--model", required=True, help="'tiny', a model directory, a run directory or a hub id")
+    p.add_argument("--task", default="synthetic", help="synthetic | gsm8k | deepmath (default: %(default)s)")
+    p.add_argument("--path", default=None, help="hub id or local data path for gsm8k/deepmath")
+    p.add_argument("--split", default="test", help="split evaluated (default: %(default)s)")
+    p.add_argument("--num-problems", type=int, default=200, help="problems evaluated (default: %(default)s)")
+    p.add_argument("--pass-k", type=int, default=0, help="also pass@k with k samples (default: off)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest response (default: %(default)s)")
+    p.add_argument("--template", default="auto", help="prompt template: auto, chat, plain, raw")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="every objective x seed, aggregated with controls (see docs/results.md)")
+    try:
+        from .experiments.compare_cli import add_arguments
+    except ImportError:  # the comparison module is optional until installed
+        return
+    add_arguments(p)
+
+
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="exact studies of the objectives")
+    studies = p.add_subparsers(dest="study", required=True)
+    from .experiments.bias_variance import add_arguments
+
+    add_arguments(studies.add_parser("bias-variance", help="bias and variance of each gradient estimator"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sspo", description="Soft Sequence Policy Optimization for RLVR.")
+    parser.add_argument("--version", action="version", version="sspo 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_train, _add_resume, _add_eval, _add_compare, _add_study):
+        add(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _cmd_train(args) -> int:
+    from .trainer import load_config, train
+
+    config = load_config(args.config, args.overrides)
+    summary = train(config)
+    print(json.dumps({k: summary[k] for k in ("objective", "steps", "accuracy_before", "accuracy_after")}, indent=1))
+    return 0
+
+
+def _cmd_resume(args) -> int:
+    from .trainer import resume
+
+    summary = resume(args.run_dir, overrides=args.overrides)
+    print(json.dumps({k: summary[k] for k in ("objective", "steps", "accuracy_before", "accuracy_after")}, indent=1))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .models.loading import load_model_and_tokenizer
+    from .rewards import RewardScorer
+    from .tasks import load_task
+    from .trainer.evaluate import evaluate
+
+    model_path = Path(args.model)
+    if (model_path / "final_model").is_dir():
+        model_path = model_path / "final_model"
+    model, tokenizer = load_model_and_tokenizer(str(model_path) if model_path.exists() else args.model)
+    problems = load_task(args.task, args.split, path=args.path, limit=args.num_problems, seed=args.seed + 1)
+    with RewardScorer() as scorer:
+        metrics = evaluate(model.eval(), tokenizer, problems, scorer, max_new_tokens=args.max_new_tokens,
+                           template=args.template, pass_k=args.pass_k, temperature=args.temperature,
+                           seed=args.seed)  # fmt: skip
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, objective=args.objective, control=args.control, overrides=args.overrides)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .experiments.compare_cli import main
+
+    return main(args)
+
+
+def _cmd_study(args) -> int:
+    from .experiments.bias_variance import main
+
+    return main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    handlers = {"demo": _cmd_demo, "train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
+                "compare": _cmd_compare, "study": _cmd_study}  # fmt: skip
+    from .trainer.config import ConfigError
+
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+        print(f"sspo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""Typed configuration of a training run. Every field has a docstring: this file documents every knob.
+
+Load with :func:`load_config` (YAML preset + ``section.field=value`` overrides); :func:`validate`
+checks everything before any work and raises :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message starts with the dotted field name."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "synthetic"
+    """Task: ``synthetic`` (built-in, offline), ``gsm8k`` or ``deepmath``."""
+    path: str | None = None
+    """Hub id or local file/directory for ``gsm8k``/``deepmath`` (``None``: the official hub id)."""
+    train_split: str = "train"
+    """Split trained on."""
+    eval_split: str = "test"
+    """Held-out split evaluated on."""
+    train_size: int | None = None
+    """Problems loaded for training (``None``: the task's default / all)."""
+    template: str = "auto"
+    """Prompt template: ``auto`` (chat template if the tokenizer has one, else plain), ``chat``, ``plain``, ``raw``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Task options, e.g. synthetic ``{max_steps: 3, max_operand: 9}`` or deepmath ``{min_difficulty: 5}``."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 16
+    """P: prompts sampled per training step."""
+    samples_per_prompt: int = 8
+    """G: responses per prompt (the group of the advantage)."""
+    max_new_tokens: int = 32
+    """Longest response; generation stops at EOS."""
+    temperature: float = 1.0
+    """Sampling temperature (the policy's log-probs use the same temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0: off)."""
+    backend: str = "auto"
+    """Decoder: ``auto`` (lean decoder for Qwen2/Llama, else ``hf``), ``fast`` or ``hf``."""
+    reward_timeout: float = 1.0
+    """Seconds allowed per symbolic answer comparison."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "sspo"
+    """Objective: one of ``sspo.OBJECTIVES``."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Objective hyperparameters (e.g. ``tau_pos``, ``tau_neg``, ``gate`` for sspo; ``eps_low``/``eps_high`` for grpo)."""
+    loss_agg_mode: str | None = None
+    """Aggregation mode (``None``: the objective's paper default)."""
+    advantage: str = "grpo"
+    """Group advantage: ``grpo`` (std-normalised), ``drgrpo`` or ``rloo``."""
+    kl_coef: float = 0.0
+    """β of the KL penalty to the initial (reference) policy; 0 disables it and the reference model."""
+    kl_estimator: str = "k3"
+    """KL estimator: ``k1``, ``k2`` or ``k3``."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: ``loss -= entropy_coef · H``."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
+    warmup_steps: int = 0
+    """Linear warm-up in optimizer updates."""
+    schedule: str = "constant"
+    """After warm-up: ``constant``, ``linear`` or ``cosine`` decay to 0 at the last update."""
+
+
+@dataclass
+class UpdateConfig:
+    mini_batches: int = 2
+    """K: the rollout batch is split into K mini-batches, one optimizer update each (all but the
+    first update of a fresh rollout are off-policy)."""
+    epochs: int = 1
+    """Passes over the rollout batch."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward inside a mini-batch (gradient accumulation); ``None``: whole mini-batch."""
+    staleness: int = 0
+    """Rollouts are sampled by the policy of this many optimizer updates ago (stress off-policy learning)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate every this many steps (0: only before and after training)."""
+    num_problems: int = 200
+    """Held-out problems evaluated (greedy accuracy)."""
+    pass_k: int = 0
+    """Also report pass@k with k samples per problem at the rollout temperature (0: off)."""
+    max_new_tokens: int | None = None
+    """Longest evaluation response (``None``: the rollout's)."""
+    batch_size: int = 256
+    """Problems decoded at once."""
+
+
+@dataclass
+class WarmStartConfig:
+    steps: int = 0
+    """Supervised warm-start steps on the task's worked solutions before RL (0: none). The result is
+    cached and reused (keyed by the model, task and these settings)."""
+    batch_size: int = 32
+    """Warm-start batch size."""
+    lr: float = 3e-3
+    """Warm-start learning rate."""
+    cache_dir: str | None = None
+    """Where warm starts are cached (default ``$SSPO_CACHE`` or ``~/.cache/sspo``)."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"
+    """``tiny`` (built-in ~1M-parameter Qwen2, character tokenizer) or a hub id or local path."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    steps: int = 50
+    """Training steps (one rollout batch each)."""
+    time_budget_s: float | None = None
+    """Stop after the step during which this many seconds of training passed (``None``: no limit)."""
+    seed: int = 0
+    """Seed of everything (model init, data order, sampling)."""
+    out_dir: str = "runs/default"
+    """Run directory (config, metrics.jsonl, TensorBoard events, checkpoints, plots)."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept (oldest deleted)."""
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu`` or ``cuda``."""
+    dtype: str = "auto"
+    """``auto`` (fp32 on CPU, bf16 on GPU), ``float32`` or ``bfloat16``."""
+    threads: int | None = None
+    """torch CPU threads (``None``: torch's default)."""
+    progress: bool = True
+    """Show a live progress bar."""
+
+
+# ----------------------------------------------------------------------------- loading
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` (from YAML or the command line) to ``annotation``; error names ``path``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: cannot be None")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+        return _build(annotation, value, path)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            number = float(value) if annotation is float else _to_int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}") from None
+        return number
+    if annotation is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if origin is tuple:
+        items = yaml.safe_load(value) if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or len(items) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{path}[{i}]", v, a) for i, (v, a) in enumerate(zip(items, args)))
+    if origin is dict:
+        mapping = yaml.safe_load(value) if isinstance(value, str) else value
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(mapping)
+    return value
+
+
+def _to_int(value: Any) -> int:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = _field_types(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{path}: unknown field; valid fields of {cls.__name__}: {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(path, value, hints[key]) if not dataclasses.is_dataclass(hints[key]) else (
+            _build(hints[key], value, f"{path}.") if isinstance(value, dict) else _coerce(path, value, hints[key])
+        )  # fmt: skip
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["rollout.temperature=0.8", "objective.params.tau_neg=1.5"]`` → nested dict (YAML-typed values)."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier one")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "params":
+            out[key] = _merge(out[key], value)
+        elif isinstance(value, dict) and key == "params" and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a nested mapping."""
+    config = _build(TrainConfig, data or {})
+    validate(config)
+    return config
+
+
+def to_dict(config: TrainConfig) -> dict:
+    """Plain nested mapping (tuples as lists), YAML/JSON-ready."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> TrainConfig:
+    """Preset YAML file (or ``base``) merged with ``section.field=value`` overrides, validated."""
+    data: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config: {str(path)!r} must hold a mapping at top level")
+        data = _merge(data, loaded)
+    data = _merge(data, parse_overrides(overrides or []))
+    return config_from_dict(data)
+
+
+# ----------------------------------------------------------------------------- validation
+def _require(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {message}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Check every field before any work; raise :class:`ConfigError` naming the first bad one."""
+    import sspo  # local: keep `sspo --help` free of torch
+
+    from ..tasks import TASKS, TEMPLATES
+
+    t, r, o, p, u, e, w = (config.task, config.rollout, config.objective, config.optim, config.update,
+                           config.eval, config.warm_start)  # fmt: skip
+    _require(t.name in TASKS, "task.name", f"unknown task {t.name!r}; valid: {', '.join(TASKS)}")
+    _require(t.template in TEMPLATES, "task.template", f"{t.template!r} is not one of {', '.join(TEMPLATES)}")
+    _require(t.train_size is None or t.train_size > 0, "task.train_size", f"must be > 0, got {t.train_size}")
+    _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {r.prompts_per_step}")
+    _require(r.samples_per_prompt >= 2, "rollout.samples_per_prompt",
+             f"must be >= 2 (group advantages need a group), got {r.samples_per_prompt}")  # fmt: skip
+    _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {r.max_new_tokens}")
+    _require(r.temperature > 0, "rollout.temperature", f"must be > 0, got {r.temperature}")
+    _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    _require(r.backend in ("auto", "fast", "hf"), "rollout.backend", f"{r.backend!r} is not one of auto, fast, hf")
+    _require(r.reward_timeout > 0, "rollout.reward_timeout", f"must be > 0, got {r.reward_timeout}")
+    _require(o.name in sspo.OBJECTIVES, "objective.name", f"unknown objective {o.name!r}; valid: {', '.join(sspo.OBJECTIVES)}")
+    _require(o.advantage in sspo.ADVANTAGE_METHODS, "objective.advantage",
+             f"{o.advantage!r} is not one of {', '.join(sspo.ADVANTAGE_METHODS)}")  # fmt: skip
+    _require(o.kl_coef >= 0, "objective.kl_coef", f"must be >= 0, got {o.kl_coef}")
+    _require(o.kl_estimator in sspo.KL_ESTIMATORS, "objective.kl_estimator",
+             f"{o.kl_estimator!r} is not one of {', '.join(sspo.KL_ESTIMATORS)}")  # fmt: skip
+    _require(o.loss_agg_mode is None or o.loss_agg_mode in sspo.AGG_MODES, "objective.loss_agg_mode",
+             f"{o.loss_agg_mode!r} is not one of {', '.join(sspo.AGG_MODES)}")  # fmt: skip
+    _check_objective_params(o)
+    _require(p.lr > 0, "optim.lr", f"must be > 0, got {p.lr}")
+    _require(p.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {p.weight_decay}")
+    _require(all(0 <= b < 1 for b in p.betas), "optim.betas", f"must be in [0, 1), got {p.betas}")
+    _require(p.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {p.grad_clip}")
+    _require(p.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {p.warmup_steps}")
+    _require(p.schedule in ("constant", "linear", "cosine"), "optim.schedule",
+             f"{p.schedule!r} is not one of constant, linear, cosine")  # fmt: skip
+    batch = r.prompts_per_step * r.samples_per_prompt
+    _require(1 <= u.mini_batches <= batch, "update.mini_batches", f"must be in [1, P*G={batch}], got {u.mini_batches}")
+    _require(u.epochs >= 1, "update.epochs", f"must be >= 1, got {u.epochs}")
+    _require(u.micro_batch_size is None or u.micro_batch_size >= 1, "update.micro_batch_size",
+             f"must be >= 1, got {u.micro_batch_size}")  # fmt: skip
+    _require(u.staleness >= 0, "update.staleness", f"must be >= 0, got {u.staleness}")
+    _require(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
+    _require(e.num_problems >= 1, "eval.num_problems", f"must be >= 1, got {e.num_problems}")
+    _require(e.pass_k >= 0, "eval.pass_k", f"must be >= 0, got {e.pass_k}")
+    _require(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
+    _require(w.steps >= 0, "warm_start.steps", f"must be >= 0, got {w.steps}")
+    _require(w.batch_size >= 1, "warm_start.batch_size", f"must be >= 1, got {w.batch_size}")
+    _require(w.lr > 0, "warm_start.lr", f"must be > 0, got {w.lr}")
+    _require(config.steps >= 1, "steps", f"must be >= 1, got {config.steps}")
+    _require(config.time_budget_s is None or config.time_budget_s > 0, "time_budget_s", f"must be > 0, got {config.time_budget_s}")
+    _require(config.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {config.checkpoint_every}")
+    _require(config.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")
+    _require(config.device in ("auto", "cpu", "cuda"), "device", f"{config.device!r} is not one of auto, cpu, cuda")
+    _require(config.dtype in ("auto", "float32", "bfloat16"), "dtype", f"{config.dtype!r} is not one of auto, float32, bfloat16")
+    _require(config.threads is None or config.threads >= 1, "threads", f"must be >= 1, got {config.threads}")
+
+
+def _check_objective_params(o: ObjectiveConfig) -> None:
+    """Run the objective once on a tiny tensor so its own checks name any bad hyperparameter."""
+    import torch
+
+    import sspo
+
+    lp = torch.zeros(1, 2)
+    try:
+        sspo.policy_loss(o.name, lp, lp, torch.ones(1), torch.ones(1, 2, dtype=torch.bool),
+                         loss_agg_mode=o.loss_agg_mode, **o.params)  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"objective.params: {exc}") from None

@@ -1,0 +1,309 @@
+"""The off-policy group-RL training loop.
+
+Per step: the behaviour policy (the policy of ``update.staleness`` updates ago) samples ``G``
+responses for each of ``P`` prompts; rewards and group advantages follow; the batch is split into
+``K`` mini-batches with one optimizer update each (``epochs`` times), so every update but the first
+of a fresh rollout is off-policy. Data order, sampling and mini-batch splits draw on generators
+seeded by ``(seed, step)``, which makes runs deterministic on CPU and resumable exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..objectives import policy_loss
+from ..rewards import RewardScorer
+from ..tasks import load_task
+from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_dict, validate
+from .evaluate import evaluate
+from .metrics_log import MetricsLogger, Progress, truncate_metrics
+from .plots import plot_run
+from .policy import response_logprobs
+from .rollout import make_rollout
+from .warm_start import prepare_model
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "final_metrics.json"
+
+
+def seeded(seed: int, *keys: int, device="cpu") -> torch.Generator:
+    """A generator seeded by ``(seed, *keys)`` (stateless: the same keys give the same stream)."""
+    value = seed
+    for k in keys:
+        value = (value * 1_000_003 + k + 1) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(value)
+
+
+def lr_factor(update: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer update ``update`` (0-based)."""
+    if warmup and update < warmup:
+        return (update + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (update - warmup) / max(1, total - warmup))
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _resolve_device(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if config.device == "auto" else config.device))  # fmt: skip
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but no CUDA device is available")
+    if config.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, config.dtype)
+    return device, dtype
+
+
+@dataclass
+class _StepStats:
+    values: dict[str, list] = field(default_factory=dict)
+
+    def add(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            self.values.setdefault(k, []).append(v.detach() if torch.is_tensor(v) else torch.tensor(float(v)))
+
+    def means(self) -> dict[str, float]:
+        return {k: float(torch.stack(v).float().mean()) for k, v in self.values.items()}
+
+
+class Trainer:
+    """Builds everything a run needs from a validated :class:`TrainConfig`; :meth:`run` trains."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, log=print):
+        validate(config)
+        self.config = config
+        self.log = log
+        self.run_dir = Path(config.out_dir)
+        existing = checkpoint_dirs(self.run_dir)
+        if existing and not resume:
+            raise FileExistsError(f"out_dir {str(self.run_dir)!r} already holds a run; use `sspo resume {self.run_dir}` "
+                                  "or choose another out_dir")  # fmt: skip
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.device, self.dtype = _resolve_device(config)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+        self.model, self.tokenizer, self.model_info = prepare_model(config, dtype=self.dtype, device=self.device, log=log)
+        self.model.eval()  # no dropout: ratios of the first update start at exactly 1
+        t = config.task
+        self.train_problems = load_task(t.name, t.train_split, path=t.path, limit=t.train_size, seed=config.seed, **t.options)
+        self.eval_problems = load_task(t.name, t.eval_split, path=t.path, limit=config.eval.num_problems,
+                                       seed=config.seed + 1, **t.options)  # fmt: skip
+        self.scorer = RewardScorer(timeout=config.rollout.reward_timeout)
+        self.updates_per_step = config.update.mini_batches * config.update.epochs
+        self.total_updates = config.steps * self.updates_per_step
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda u: lr_factor(u, self.total_updates, o.warmup_steps, o.schedule)
+        )
+        self.reference = self._frozen_copy() if config.objective.kl_coef > 0 else None
+        self.behaviour = self._frozen_copy() if config.update.staleness > 0 else None
+        self.history: deque[dict] = deque(maxlen=config.update.staleness + 1)
+        self.step = 0
+        self.updates = 0
+        self.elapsed = 0.0
+        self.accuracy_before: float | None = None
+        if resume and existing:
+            state, snapshots = load_checkpoint(existing[-1], model=self.model, optimizer=self.optimizer,
+                                               scheduler=self.scheduler)  # fmt: skip
+            self.step, self.updates, self.elapsed = state["step"], state["updates"], state["elapsed"]
+            self.accuracy_before = state.get("accuracy_before")
+            self.history.extend(snapshots)
+            moved = truncate_metrics(self.run_dir, self.step)
+            log(f"resumed {self.run_dir} at step {self.step} ({moved} later metric rows will be re-run)")
+        elif self.behaviour is not None:
+            self.history.append(self._snapshot())
+        self.logger = MetricsLogger(self.run_dir, purge_step=self.step + 1 if self.step else None)
+
+    # ------------------------------------------------------------------ helpers
+    def _frozen_copy(self):
+        clone = copy.deepcopy(self.model).eval()
+        for p in clone.parameters():
+            p.requires_grad_(False)
+        return clone
+
+    def _snapshot(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _behaviour_model(self):
+        if self.behaviour is None:
+            return self.model
+        self.behaviour.load_state_dict(self.history[0])
+        return self.behaviour
+
+    def _problems_for(self, step: int) -> list:
+        p = self.config.rollout.prompts_per_step
+        pool = len(self.train_problems)
+        out = []
+        for pos in range((step - 1) * p, step * p):
+            epoch, offset = divmod(pos, pool)
+            perm = torch.randperm(pool, generator=seeded(self.config.seed, 1, epoch))
+            out.append(self.train_problems[int(perm[offset])])
+        return out
+
+    def _evaluate(self) -> dict[str, float]:
+        c = self.config
+        return evaluate(
+            self.model, self.tokenizer, self.eval_problems, self.scorer,
+            max_new_tokens=c.eval.max_new_tokens or c.rollout.max_new_tokens, template=c.task.template,
+            pass_k=c.eval.pass_k, temperature=c.rollout.temperature, batch_size=c.eval.batch_size,
+            seed=c.seed, backend=c.rollout.backend,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, step: int) -> dict[str, float]:
+        """Rollout + ``K × epochs`` updates; returns the step's metrics."""
+        c = self.config
+        t0 = time.perf_counter()
+        batch = make_rollout(
+            self._behaviour_model(), self.tokenizer, self._problems_for(step), self.scorer,
+            samples_per_prompt=c.rollout.samples_per_prompt, max_new_tokens=c.rollout.max_new_tokens,
+            temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
+            advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
+            backend=c.rollout.backend, reference=self.reference,
+        )  # fmt: skip
+        t_rollout = time.perf_counter() - t0
+        stats = _StepStats()
+        n = batch.input_ids.shape[0]
+        first_dev = None
+        for epoch in range(c.update.epochs):
+            perm = torch.randperm(n, generator=seeded(c.seed, 3, step, epoch))
+            for idx in perm.chunk(c.update.mini_batches):
+                metrics = self._update(batch, idx)
+                if first_dev is None:
+                    first_dev = max(abs(metrics["ratio/max"].item() - 1), abs(metrics["ratio/min"].item() - 1))
+                stats.add(metrics)
+        t_total = time.perf_counter() - t0
+        out = stats.means()
+        out.update(batch.metrics)
+        out.update({
+            "ratio/first_update_max_dev": first_dev, "lr": self.scheduler.get_last_lr()[0],
+            "time/rollout_s": t_rollout, "time/update_s": t_total - t_rollout, "time/step_s": t_total,
+            "throughput/tokens_per_s": batch.metrics["rollout/tokens"] / t_total,
+            "throughput/samples_per_s": n / t_total,
+        })  # fmt: skip
+        return out
+
+    def _update(self, batch, idx: torch.Tensor) -> dict:
+        """One optimizer update on mini-batch rows ``idx`` (micro-batched, globally normalised)."""
+        c = self.config
+        o = c.objective
+        mask = batch.response_mask[idx]
+        norms = {"global_num_tokens": mask.sum(), "global_num_seqs": mask.any(-1).sum()}
+        micro = c.update.micro_batch_size or len(idx)
+        collected = _StepStats()
+        for part in idx.split(micro):
+            mb = batch.select(part)
+            logp, entropy = response_logprobs(self.model, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
+                                              temperature=c.rollout.temperature)  # fmt: skip
+            out = policy_loss(
+                o.name, logp, mb["old_log_probs"], mb["advantages"], mb["response_mask"],
+                loss_agg_mode=o.loss_agg_mode, kl_coef=o.kl_coef, ref_log_probs=mb["ref_log_probs"],
+                kl_estimator=o.kl_estimator, entropy=entropy, entropy_coef=o.entropy_coef, **norms, **o.params,
+            )  # fmt: skip
+            out.loss.backward()
+            collected.add({**out.metrics, "loss": out.loss.detach()})
+        clip = c.optim.grad_clip if c.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        if self.behaviour is not None:
+            self.history.append(self._snapshot())
+        metrics = {k: torch.stack(v).float().mean() for k, v in collected.values.items()}
+        for key in ("ratio/max", "seq_weight/max"):
+            metrics[key] = torch.stack(collected.values[key]).max()
+        for key in ("ratio/min", "seq_weight/min"):
+            metrics[key] = torch.stack(collected.values[key]).min()
+        metrics["grad_norm"] = grad_norm.detach()
+        return metrics
+
+    # ------------------------------------------------------------------ the run
+    def _checkpoint(self) -> None:
+        save_checkpoint(
+            self.run_dir, step=self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            snapshots=list(self.history) if self.behaviour is not None else [], keep=self.config.keep_checkpoints,
+            trainer_state={"updates": self.updates, "elapsed": self.elapsed, "accuracy_before": self.accuracy_before},
+        )  # fmt: skip
+
+    def run(self) -> dict:
+        """Train to ``steps`` (or the time budget) and return the final metrics."""
+        c = self.config
+        wall0 = time.perf_counter()
+        if self.step == 0:
+            before = self._evaluate()
+            self.accuracy_before = before["eval/accuracy"]
+            self.logger.log(0, before)
+            self.log(f"held-out greedy accuracy before training: {self.accuracy_before:.3f}")
+        progress = Progress(c.steps, enabled=c.progress, description=f"{c.objective.name}", completed=self.step)
+        stopped = "steps"
+        try:
+            while self.step < c.steps:
+                t0 = time.perf_counter()
+                self.step += 1
+                metrics = self.train_step(self.step)
+                if c.eval.every and self.step % c.eval.every == 0 and self.step < c.steps:
+                    metrics.update(self._evaluate())
+                self.elapsed += time.perf_counter() - t0
+                metrics["time/elapsed_s"] = self.elapsed
+                self.logger.log(self.step, metrics)
+                progress.update(reward=metrics.get("reward/mean"), acc=metrics.get("eval/accuracy"))
+                over_budget = c.time_budget_s is not None and self.elapsed >= c.time_budget_s
+                if self.step % c.checkpoint_every == 0 or self.step == c.steps or over_budget:
+                    self._checkpoint()
+                if over_budget:
+                    stopped = "time_budget"
+                    break
+        finally:
+            progress.close()
+        final = self._evaluate()
+        self.logger.log(self.step, final)
+        self.logger.close()
+        export = self.run_dir / "final_model"
+        self.model.save_pretrained(export)
+        self.tokenizer.save_pretrained(export)
+        plot = plot_run(self.run_dir)
+        self.scorer.close()
+        summary = {
+            "objective": c.objective.name, "steps": self.step, "stopped": stopped,
+            "accuracy_before": self.accuracy_before, "accuracy_after": final["eval/accuracy"],
+            **{k: v for k, v in final.items() if k != "eval/accuracy"},
+            "train_seconds": self.elapsed, "wall_seconds": time.perf_counter() - wall0,
+            "warm_start": self.model_info, "plot": str(plot), "final_model": str(export),
+        }  # fmt: skip
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+def train(config: TrainConfig, *, log=print) -> dict:
+    """Run a training job from a config; returns the run's final metrics (also in ``final_metrics.json``)."""
+    return Trainer(config, log=log).run()
+
+
+def resume(run_dir: str | Path, *, log=print, overrides: list[str] | None = None) -> dict:
+    """Continue the run in ``run_dir`` from its last checkpoint with its saved config."""
+    from .config import load_config
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir!s} has no {CONFIG_FILE}: not a run directory")
+    config = load_config(path, [f"out_dir={run_dir}", *(overrides or [])])
+    return Trainer(config, resume=True, log=log).run()

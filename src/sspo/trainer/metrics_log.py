@@ -1,0 +1,109 @@
+"""Run logs: ``metrics.jsonl`` (one JSON object per step), TensorBoard events, a live progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All complete lines of a run's ``metrics.jsonl`` (a torn last line is ignored)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int) -> int:
+    """Keep rows with ``step <= last_step``; rows after it move to ``metrics.replayed.jsonl`` (they will be
+    re-run from the checkpoint, nothing is lost). Returns the number of rows moved."""
+    path = Path(run_dir) / METRICS_FILE
+    rows = read_metrics(run_dir)
+    keep = [r for r in rows if r.get("step", 0) <= last_step]
+    moved = [r for r in rows if r.get("step", 0) > last_step]
+    if moved:
+        with open(Path(run_dir) / "metrics.replayed.jsonl", "a") as f:
+            for r in moved:
+                f.write(json.dumps(r) + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
+    return len(moved)
+
+
+class MetricsLogger:
+    """Appends metrics to ``metrics.jsonl`` (flushed per line) and TensorBoard."""
+
+    def __init__(self, run_dir: str | Path, *, purge_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / METRICS_FILE, "a")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def _clean(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Progress:
+    """A rich progress bar with the latest reward and accuracy (a no-op when disabled)."""
+
+    def __init__(self, total: int, *, enabled: bool, description: str = "training", completed: int = 0):
+        self._progress = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._progress = RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), transient=False,
+        )  # fmt: skip
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, completed=completed, status="")
+
+    def update(self, advance: int = 1, **fields: float) -> None:
+        if self._progress is None:
+            return
+        status = "  ".join(f"{k} {v:.3f}" for k, v in fields.items() if v is not None)
+        self._progress.update(self._task, advance=advance, status=status)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()

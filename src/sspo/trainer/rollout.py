@@ -1,0 +1,114 @@
+"""One rollout batch: P prompts × G samples, rewards, group advantages, behaviour log-probs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..advantages import group_advantages
+from ..rewards import RewardScorer
+from ..tasks import Problem, format_prompt
+from ..tasks.prompts import has_chat_template
+from ..train.sampling import sample
+from .policy import response_logprobs_no_grad
+
+
+@dataclass
+class RolloutBatch:
+    """Tensors of a rollout batch (``N = P·G`` rows, groups consecutive) and its metrics."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    old_log_probs: Tensor
+    """Behaviour policy's log-probs, recomputed with the training forward (ratios start at 1)."""
+    advantages: Tensor
+    rewards: Tensor
+    ref_log_probs: Tensor | None = None
+    completions: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def select(self, idx: Tensor) -> dict[str, Tensor]:
+        """The tensors of rows ``idx``, trimmed to their longest response."""
+        width = int(self.response_mask[idx].sum(-1).max().clamp(min=1))
+        extra = self.response_ids.shape[1] - width
+        cut = slice(None, self.input_ids.shape[1] - extra)
+        return {
+            "input_ids": self.input_ids[idx][:, cut],
+            "attention_mask": self.attention_mask[idx][:, cut],
+            "response_ids": self.response_ids[idx][:, :width],
+            "response_mask": self.response_mask[idx][:, :width],
+            "old_log_probs": self.old_log_probs[idx][:, :width],
+            "advantages": self.advantages[idx],
+            "ref_log_probs": None if self.ref_log_probs is None else self.ref_log_probs[idx][:, :width],
+        }
+
+
+def encode_prompts(problems: list[Problem], tokenizer, template: str) -> list[list[int]]:
+    """Token ids of each problem's formatted prompt (no special tokens added twice)."""
+    texts = [format_prompt(p.question, tokenizer, template=template) for p in problems]
+    chat = template == "chat" or (template == "auto" and has_chat_template(tokenizer))
+    add_special = not chat  # a chat template writes its own special tokens
+    return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+
+
+def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
+    """Response texts (special tokens dropped)."""
+    rows = [ids[mask].tolist() for ids, mask in zip(response_ids, response_mask)]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+def make_rollout(
+    behaviour,
+    tokenizer,
+    problems: list[Problem],
+    scorer: RewardScorer,
+    *,
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    template: str,
+    advantage: str,
+    generator: torch.Generator,
+    backend: str = "auto",
+    reference=None,
+) -> RolloutBatch:
+    """Sample ``G`` responses per problem with ``behaviour``, score them, compute advantages."""
+    prompt_ids = [ids for ids in encode_prompts(problems, tokenizer, template) for _ in range(samples_per_prompt)]
+    out = sample(
+        behaviour, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, generator=generator,
+        backend=backend,
+    )  # fmt: skip
+    completions = decode_responses(tokenizer, out.response_ids, out.response_mask)
+    references = [p.answer for p in problems for _ in range(samples_per_prompt)]
+    rewards_list, reward_metrics = scorer.score_batch(completions, references)
+    rewards = torch.tensor(rewards_list, dtype=torch.float32)
+    advantages, adv_metrics = group_advantages(rewards, samples_per_prompt, method=advantage)
+    mask = out.response_mask
+    old = response_logprobs_no_grad(behaviour, out.input_ids, out.attention_mask, out.response_ids,
+                                    temperature=temperature)  # fmt: skip
+    old = torch.where(mask, old, torch.zeros_like(old))
+    ref = None
+    if reference is not None:
+        ref = response_logprobs_no_grad(reference, out.input_ids, out.attention_mask, out.response_ids,
+                                        temperature=temperature)  # fmt: skip
+    lengths = mask.sum(-1).float()
+    eos = tokenizer.eos_token_id
+    finished = ((out.response_ids == eos) & mask).any(-1).float() if eos is not None else torch.zeros_like(lengths)
+    mismatch = (old - out.old_log_probs).abs().masked_fill(~mask, 0).max()
+    metrics = {
+        **reward_metrics,
+        **{k: float(v) for k, v in adv_metrics.items()},
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": float(lengths.max()),
+        "response/finished_frac": float(finished.mean()),
+        "rollout/logprob_mismatch_max": float(mismatch),
+        "rollout/tokens": float(lengths.sum()),
+    }
+    return RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
+                        ref, completions, metrics)  # fmt: skip
