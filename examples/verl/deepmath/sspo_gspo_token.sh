@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# verl: Qwen2.5-7B-Instruct on DeepMath-103K with policy_loss.loss_mode=sspo_gspo_token. Extra hydra overrides are passed through.
+source "$(dirname "$0")/../common.sh"
+launch deepmath sspo_gspo_token "$@"
