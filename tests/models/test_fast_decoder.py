@@ -101,3 +101,31 @@ def test_unsupported_models_are_reported():
     assert "sliding" in unsupported_reason(sliding, max_length=64)
     assert unsupported_reason(sliding, max_length=16) is None
     assert unsupported_reason(make_qwen2()) is None
+
+
+def test_shared_prefill_and_row_selection_match_the_full_batch():
+    model = make_qwen2(seed=5)
+    ids, mask = left_pad(PROMPTS, pad_token_id=0)
+    rows = torch.tensor([0, 0, 1, 2, 2, 2, 3, 1])
+    tokens = torch.tensor([[4, 9, 16, 25, 36, 49, 1, 8], [2, 3, 5, 7, 11, 13, 17, 19]])
+    with torch.inference_mode():
+        full = FastDecoder(model, len(rows), ids.shape[1] + 2)
+        shared = FastDecoder(model, len(rows), ids.shape[1] + 2)
+        assert torch.allclose(shared.prefill(ids, mask, rows=rows), full.prefill(ids[rows], mask[rows]), atol=1e-5)
+        first_full, first_shared = full.step(tokens[0]), shared.step(tokens[0])
+        assert torch.allclose(first_shared, first_full, atol=1e-5)
+        keep = torch.tensor([1, 4, 7])
+        shared.select_rows(keep)
+        assert torch.allclose(shared.step(tokens[1, keep]), full.step(tokens[1])[keep], atol=1e-5)
+
+
+def test_bfloat16_model_runs_close_to_hf():
+    model = make_qwen2(seed=2).to(torch.bfloat16)
+    ids, mask = left_pad(PROMPTS, pad_token_id=0)
+    with torch.inference_mode():
+        reference = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+        decoder = FastDecoder(model, len(PROMPTS), ids.shape[1] + 1)
+        fast = decoder.prefill(ids, mask)
+        step = decoder.step(torch.tensor([1, 2, 3, 4]))
+    assert fast.dtype == torch.bfloat16 and bool(torch.isfinite(step).all())
+    assert (fast.float() - reference[:, -1].float()).abs().max() < 0.1

@@ -56,8 +56,14 @@ def recomputed_log_probs(model, rollout: Rollout, temperature: float) -> torch.T
 
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
 def test_backends_sample_identical_tokens_and_log_probs(model, prompts, temperature, top_p):
-    fast = run(model, prompts * 3, "fast", temperature=temperature, top_p=top_p)
-    hf = run(model, prompts * 3, "hf", temperature=temperature, top_p=top_p)
+    # Repeated prompts (shared prefill) and several stop tokens, so rows finish at different steps
+    # and the fast back-end drops finished rows while the HF one keeps them.
+    stop = [1, 40, 50, 60, 70, 80]
+    fast = run(model, prompts * 3, "fast", temperature=temperature, top_p=top_p, eos_token_id=stop,
+               max_new_tokens=24)
+    hf = run(model, prompts * 3, "hf", temperature=temperature, top_p=top_p, eos_token_id=stop, max_new_tokens=24)
+    lengths = fast.response_lengths.unique()
+    assert len(lengths) >= 3 and int(lengths.min()) < 12  # the case is not trivial
     assert torch.equal(fast.response_ids, hf.response_ids)
     assert torch.equal(fast.response_mask, hf.response_mask)
     assert torch.allclose(fast.old_log_probs, hf.old_log_probs, atol=1e-5)

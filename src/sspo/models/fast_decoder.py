@@ -63,6 +63,13 @@ def unsupported_reason(model: nn.Module, max_length: int | None = None) -> str |
     return None
 
 
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``weight * x / sqrt(mean(x^2) + eps)``, normalising in float32 like HF's RMSNorm."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, x.shape[-1:], weight, eps)
+    return weight * F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
+
+
 class _Layer:
     """Weights of one decoder layer, as plain tensors (fused when cheap)."""
 
@@ -153,24 +160,31 @@ class FastDecoder:
     def _qkv(self, layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project ``x [N, T, H]`` to rotated ``q [N, T, heads, d]``, ``k [N, T, kv, d]`` and ``v``."""
         n, t, _ = x.shape
-        qkv = F.linear(F.rms_norm(x, x.shape[-1:], layer.norm1, layer.eps), layer.qkv_w, layer.qkv_b)
+        qkv = F.linear(_rms_norm(x, layer.norm1, layer.eps), layer.qkv_w, layer.qkv_b)
         qkv = qkv.view(n, t, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         qk = self._rope(qkv[:, :, : self.num_heads + self.num_kv_heads], cos, sin)
         return qk[:, :, : self.num_heads], qk[:, :, self.num_heads :], qkv[:, :, self.num_heads + self.num_kv_heads :]
 
     def _head(self, hidden: Tensor) -> Tensor:
-        return F.linear(F.rms_norm(hidden, hidden.shape[-1:], self.final_norm, self.final_eps), self.lm_head)
+        return F.linear(_rms_norm(hidden, self.final_norm, self.final_eps), self.lm_head)
 
-    def prefill(self, input_ids: Tensor, attention_mask: Tensor, all_logits: bool = False) -> Tensor:
-        """Run left-padded prompts ``[N, P]``; return last-position logits ``[N, V]`` (or ``[N, P, V]``)."""
-        n, p = input_ids.shape
-        if n != self.batch_size or p > self.max_length:
-            raise ValueError(f"prefill got shape {(n, p)}, decoder holds {self.batch_size} x {self.max_length}")
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor, rows: Tensor | None = None,
+                all_logits: bool = False) -> Tensor:
+        """Run left-padded prompts ``[U, P]``; return last-position logits ``[N, V]`` (or ``[N, P, V]``).
+
+        ``rows [N]`` maps each batch row to its prompt in ``input_ids`` (default: the identity, U = N),
+        so a prompt repeated G times in a GRPO group is run once and its keys/values copied G times.
+        """
+        u, p = input_ids.shape
+        rows = torch.arange(u, device=self.device) if rows is None else rows.to(self.device)
+        if rows.shape[0] != self.batch_size or p > self.max_length:
+            raise ValueError(f"prefill got {rows.shape[0]} rows of {p} tokens, decoder holds "
+                             f"{self.batch_size} x {self.max_length}")
         valid = attention_mask.to(torch.bool)
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]
         self.key_mask.zero_()
-        self.key_mask[:, 0, 0, :p].masked_fill_(~valid, float("-inf"))
+        self.key_mask[:, 0, 0, :p].masked_fill_(~valid[rows], float("-inf"))
         causal = torch.ones(p, p, dtype=torch.bool, device=self.device).tril()
         eye = torch.eye(p, dtype=torch.bool, device=self.device)
         # A padding query attends to itself only, so no softmax row is empty (no NaN).
@@ -179,15 +193,23 @@ class FastDecoder:
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
-            self.k_cache[index, :, :, :p] = k
-            self.v_cache[index, :, :, :p] = v
+            self.k_cache[index, :, :, :p] = k[rows]
+            self.v_cache[index, :, :, :p] = v[rows]
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed, scale=1.0,
                                                  enable_gqa=self.group > 1)
-            x = x + F.linear(out.transpose(1, 2).reshape(n, p, -1), layer.o_w, layer.o_b)
-            x = x + layer.mlp(F.rms_norm(x, x.shape[-1:], layer.norm2, layer.eps))
+            x = x + F.linear(out.transpose(1, 2).reshape(u, p, -1), layer.o_w, layer.o_b)
+            x = x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
         self.length = p
-        self.positions = positions[:, -1] + 1
-        return self._head(x if all_logits else x[:, -1])
+        self.positions = positions[rows, -1] + 1
+        return self._head(x if all_logits else x[:, -1])[rows]
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep only batch rows ``index`` (e.g. the unfinished ones), shrinking all later work."""
+        self.k_cache = self.k_cache[:, index]
+        self.v_cache = self.v_cache[:, index]
+        self.key_mask = self.key_mask[index]
+        self.positions = self.positions[index]
+        self.batch_size = int(index.shape[0])
 
     def step(self, tokens: Tensor) -> Tensor:
         """Append one token per row ``[N]``; return next-token logits ``[N, V]``."""
@@ -208,7 +230,7 @@ class FastDecoder:
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
             out = torch.matmul(probs, values)
             x = x + F.linear(out.view(n, 1, -1), layer.o_w, layer.o_b)
-            x = x + layer.mlp(F.rms_norm(x, x.shape[-1:], layer.norm2, layer.eps))
+            x = x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
         self.length = slot + 1
         self.positions += 1
         return self._head(x[:, 0])

@@ -92,6 +92,12 @@ def top_p_filter(probs: Tensor, top_p: float) -> Tensor:
     return probs.masked_fill(drop, 0.0)
 
 
+def draw_noise(shape, generator: torch.Generator | None, device) -> Tensor:
+    """``Exp(1)`` draws of ``shape`` from ``generator`` (on the generator's device), moved to ``device``."""
+    noise_device = generator.device if generator is not None else device
+    return torch.empty(shape, device=noise_device).exponential_(generator=generator).to(device)
+
+
 def select_tokens(
     logits: Tensor,
     *,
@@ -100,13 +106,14 @@ def select_tokens(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     return_logprobs: bool = True,
+    noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Choose one token per row of ``logits [N, V]``; return ``(tokens [N], log_probs [N] | None)``.
 
     Sampling draws from ``softmax(logits / temperature)`` restricted to the top-p nucleus, using the
     exponential race ``argmax_i p_i / E_i`` with ``E_i ~ Exp(1)`` from ``generator`` (one draw per
-    vocabulary entry per row, so the random stream does not depend on the probabilities).
-    ``greedy`` takes ``argmax(logits)``. The returned log-prob is always
+    vocabulary entry per row, so the random stream does not depend on the probabilities); ``noise``
+    may supply those draws (``[N, V]``, see :func:`draw_noise`). ``greedy`` takes ``argmax(logits)``. The returned log-prob is always
     ``log_softmax(logits / temperature)`` at the chosen token: top-p does not change it.
     """
     logits = logits.float()
@@ -116,9 +123,9 @@ def select_tokens(
         tokens = logits.argmax(dim=-1)
     else:
         probs = top_p_filter(log_probs.exp(), top_p)
-        noise_device = generator.device if generator is not None else probs.device
-        noise = torch.empty(probs.shape, device=noise_device).exponential_(generator=generator)
-        tokens = (probs / noise.to(probs.device)).argmax(dim=-1)
+        if noise is None:
+            noise = draw_noise(probs.shape, generator, probs.device)
+        tokens = (probs / noise).argmax(dim=-1)
     if not return_logprobs:
         return tokens, None
     return tokens, log_probs.gather(-1, tokens[:, None])[:, 0]
@@ -236,11 +243,17 @@ def sample(
     model.eval()
     try:
         with torch.inference_mode():
-            stepper = FastDecoder(model, n, max_length) if name == "fast" else _HFStepper(model, n, max_length, device)
+            if name == "fast":
+                stepper = FastDecoder(model, n, max_length)
+                first, rows = _unique_rows(prompt_ids, device)
+                logits = stepper.prefill(input_ids[first], prompt_mask[first], rows=rows)
+            else:
+                stepper = _HFStepper(model, n, max_length, device)
+                logits = stepper.prefill(input_ids, prompt_mask)
             tokens_out, logps_out, alive_out = _decode(
-                stepper, input_ids, prompt_mask, max_new_tokens, eos_ids, pad_token_id,
-                dict(temperature=temperature, top_p=top_p, greedy=greedy, generator=generator,
-                     return_logprobs=return_logprobs),
+                stepper, logits, n, max_new_tokens, eos_ids, pad_token_id, device,
+                dict(temperature=temperature, top_p=top_p, greedy=greedy, return_logprobs=return_logprobs),
+                generator,
             )
     finally:
         model.train(was_training)
@@ -258,29 +271,68 @@ def sample(
     )
 
 
-def _decode(stepper, input_ids, prompt_mask, max_new_tokens, eos_ids, pad_token_id, select_kwargs):
-    """The decode loop shared by both back-ends; returns ``(tokens, log_probs, alive)`` ``[N, R]``."""
-    n = input_ids.shape[0]
-    device = input_ids.device
+def _unique_rows(prompt_ids: Sequence[Sequence[int]], device) -> tuple[Tensor, Tensor]:
+    """``(first, rows)``: index of each distinct prompt's first row, and each row's distinct prompt."""
+    seen: dict[tuple[int, ...], int] = {}
+    first, rows = [], []
+    for row, ids in enumerate(prompt_ids):
+        key = tuple(ids)
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(row)
+        rows.append(seen[key])
+    return torch.tensor(first, device=device), torch.tensor(rows, device=device)
+
+
+# Drop finished rows from the decoder once at most this fraction of its rows is still running.
+COMPACT_FRACTION = 0.75
+
+
+def _decode(stepper, logits, n, max_new_tokens, eos_ids, pad_token_id, device, select_kwargs, generator):
+    """The decode loop shared by both back-ends; returns ``(tokens, log_probs, alive)``, each ``[N, R]``.
+
+    ``logits`` are the prefill's next-token logits. Random draws are made for all ``N`` rows at every
+    step whatever the rows' state, so a seed gives the same tokens on either back-end. When the stepper
+    can drop rows (``select_rows``), finished rows are removed once few enough remain.
+    """
     tokens_out = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps_out = torch.zeros((n, max_new_tokens), dtype=torch.float32, device=device)
     alive_out = torch.zeros((n, max_new_tokens), dtype=torch.bool, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device) if eos_ids else None
-    logits = stepper.prefill(input_ids, prompt_mask)
+    vocab = logits.shape[-1]
+    can_compact = hasattr(stepper, "select_rows")
+    active = None  # full-batch indices of the rows the stepper holds; None = all rows
     steps = 0
     for t in range(max_new_tokens):
-        tokens, logps = select_tokens(logits, **select_kwargs)
+        noise = None if select_kwargs["greedy"] else draw_noise((n, vocab), generator, device)
+        if active is None:
+            tokens, logps = select_tokens(logits, noise=noise, **select_kwargs)
+        else:
+            chosen, chosen_logps = select_tokens(logits, noise=noise[active] if noise is not None else None,
+                                                 **select_kwargs)
+            tokens = torch.full((n,), pad_token_id, dtype=torch.long, device=device).index_copy_(0, active, chosen)
+            logps = None
+            if chosen_logps is not None:
+                logps = torch.zeros(n, dtype=chosen_logps.dtype, device=device).index_copy_(0, active, chosen_logps)
         tokens = tokens.masked_fill(done, pad_token_id)
         tokens_out[:, t] = tokens
         if logps is not None:
             logps_out[:, t] = logps.masked_fill(done, 0.0)
         alive_out[:, t] = ~done
         steps = t + 1
+        if t + 1 == max_new_tokens:
+            break
         if eos is not None:
             done |= (tokens == eos[0]) if len(eos_ids) == 1 else torch.isin(tokens, eos)
-            if bool(done.all()):
+            running = int((~done).sum())
+            if running == 0:
                 break
-        if t + 1 < max_new_tokens:
-            logits = stepper.step(tokens)
+            held = n if active is None else int(active.shape[0])
+            if can_compact and running <= COMPACT_FRACTION * held:
+                keep_full = (~done).nonzero()[:, 0]
+                keep_local = keep_full if active is None else (~done[active]).nonzero()[:, 0]
+                stepper.select_rows(keep_local)
+                active = keep_full
+        logits = stepper.step(tokens if active is None else tokens[active])
     return tokens_out[:, :steps], logps_out[:, :steps], alive_out[:, :steps]
