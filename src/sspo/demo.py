@@ -17,7 +17,7 @@ from pathlib import Path
 from .trainer import load_config, train
 from .trainer.config import TrainConfig
 
-PRESET = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+PRESET = "demo"
 
 
 def supervised_control(config: TrainConfig, seconds: float) -> dict:

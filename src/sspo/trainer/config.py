@@ -291,17 +291,41 @@ def _plain(value):
     return value
 
 
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_preset(name: str | Path) -> Path:
+    """A YAML path, or the name of a built-in preset (``demo``, ``tiny``, ``qwen2.5-0.5b-gsm8k-sspo``, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    builtin = PRESET_DIR / f"{name}.yaml" if not str(name).endswith(".yaml") else PRESET_DIR / path.name
+    if builtin.is_file():
+        return builtin
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"config: {str(name)!r} is neither a file nor a built-in preset ({', '.join(names)})")
+
+
+def read_preset(name: str | Path, _seen: tuple = ()) -> dict:
+    """Read a YAML preset; an ``include: other.yaml`` key (relative to the file) is loaded first."""
+    path = resolve_preset(name)
+    if path.resolve() in _seen:
+        raise ConfigError(f"config: include cycle through {str(path)!r}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config: {str(path)!r} must hold a mapping at top level")
+    include = loaded.pop("include", None)
+    if include is None:
+        return loaded
+    parent = path.parent / include
+    return _merge(read_preset(parent if parent.is_file() else include, (*_seen, path.resolve())), loaded)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> TrainConfig:
     """Preset YAML file (or ``base``) merged with ``section.field=value`` overrides, validated."""
     data: dict = dict(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config: file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config: {str(path)!r} must hold a mapping at top level")
-        data = _merge(data, loaded)
+        data = _merge(data, read_preset(path))
     data = _merge(data, parse_overrides(overrides or []))
     return config_from_dict(data)
 
