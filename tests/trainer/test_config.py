@@ -1,0 +1,56 @@
+"""Configuration: presets, overrides and validation errors that name the field."""
+
+import pytest
+
+from sspo.trainer import ConfigError, load_config
+from sspo.trainer.config import parse_overrides
+
+
+def test_overrides_are_typed_and_nested():
+    assert parse_overrides(["rollout.temperature=0.7", "objective.params.gate=sigmoid", "steps=3"]) == {
+        "rollout": {"temperature": 0.7}, "objective": {"params": {"gate": "sigmoid"}}, "steps": 3,
+    }  # fmt: skip
+    config = load_config("demo", ["objective.params.tau_neg=1.5", "optim.betas=[0.9, 0.95]", "time_budget_s=none"])
+    assert config.objective.params == {"gate": "arctan", "tau_pos": 1.0, "tau_neg": 1.5}
+    assert config.optim.betas == (0.9, 0.95)
+    assert config.time_budget_s is None
+    assert config.model == "tiny" and config.warm_start.steps > 0
+
+
+def test_paper_presets_include_their_base():
+    config = load_config("qwen2.5-0.5b-gsm8k-grpo")
+    assert config.model == "Qwen/Qwen2.5-0.5B-Instruct" and config.task.name == "gsm8k"
+    assert config.objective.name == "grpo" and config.objective.params == {"eps_low": 0.2, "eps_high": 0.28}
+    assert config.update.mini_batches == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rollout.temperature=0", "rollout.temperature: must be > 0, got 0.0"),
+        ("rollout.samples_per_prompt=1", "rollout.samples_per_prompt: must be >= 2"),
+        ("objective.name=ppo", "objective.name: unknown objective 'ppo'; valid: grpo, gspo"),
+        ("objective.params.tau_neg=-1", "objective.params: tau_neg must be > 0, got -1"),
+        ("objective.params.eps_low=0.1", "objective.params: objective 'sspo' has no hyperparameter 'eps_low'"),
+        ("objective.loss_agg_mode=token-mean", "objective.params: objective 'sspo' is sequence-level"),
+        ("update.mini_batches=1000", r"update.mini_batches: must be in \[1, P\*G=128\], got 1000"),
+        ("task.name=mnist", "task.name: unknown task 'mnist'"),
+        ("optim.schedule=step", "optim.schedule: 'step' is not one of constant, linear, cosine"),
+        ("steps=2.5", "steps: expected int, got 2.5"),
+        ("progress=maybe", "progress: expected true/false, got 'maybe'"),
+        ("rollout.tempreature=1", "rollout.tempreature: unknown field; valid fields of RolloutConfig"),
+        ("device=tpu", "device: 'tpu' is not one of auto, cpu, cuda"),
+    ],
+)
+def test_invalid_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
+
+
+def test_unknown_preset_lists_the_presets(tmp_path):
+    with pytest.raises(ConfigError, match="neither a file nor a built-in preset.*demo.*tiny"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)

@@ -1,0 +1,125 @@
+"""The training loop: rollout masking, advantages wiring, mini-batches, staleness, checkpoints, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from trainer_cases import TINY, tiny_config
+
+from sspo.trainer import Trainer
+from sspo.trainer.checkpoint import checkpoint_dirs, load_checkpoint
+from sspo.trainer.metrics_log import read_metrics
+
+TIMING = ("time/", "throughput/")
+
+
+def _comparable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def test_rollout_masks_advantages_and_first_update_ratio(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "update.mini_batches=2"), log=lambda *a: None)
+    problems = trainer._problems_for(1)
+    from sspo.trainer.rollout import make_rollout
+
+    batch = make_rollout(trainer.model, trainer.tokenizer, problems, trainer.scorer, samples_per_prompt=4,
+                         max_new_tokens=8, temperature=1.0, top_p=1.0, template="raw", advantage="grpo",
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    mask, ids = batch.response_mask, batch.response_ids
+    eos = trainer.tokenizer.eos_token_id
+    for row_ids, row_mask in zip(ids, mask):
+        n = int(row_mask.sum())
+        assert row_mask[:n].all() and not row_mask[n:].any()  # a prefix
+        hits = (row_ids[:n] == eos).nonzero()
+        assert len(hits) <= 1 and (len(hits) == 0 or int(hits[0]) == n - 1)  # stops at EOS, EOS included
+    assert (batch.old_log_probs[~mask] == 0).all() and (batch.old_log_probs[mask] < 0).all()
+    groups = batch.rewards.view(2, 4)
+    expected = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(batch.advantages.view(2, 4), expected)
+    assert batch.metrics["rollout/logprob_mismatch_max"] < 1e-4  # sampler vs training forward
+
+    metrics = trainer.train_step(1)
+    assert metrics["ratio/first_update_max_dev"] < 1e-5  # fresh rollout: first update is on-policy
+    assert trainer.updates == 2  # K = 2 mini-batches, one update each
+    assert metrics["ratio/max"] > 1 + 1e-6 or metrics["ratio/min"] < 1 - 1e-6  # the second update is off-policy
+
+
+def test_staleness_samples_with_an_older_policy(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "update.mini_batches=1", "update.staleness=1", "optim.lr=1e-2"),
+                      log=lambda *a: None)  # fmt: skip
+    first = trainer.train_step(1)
+    second = trainer.train_step(2)
+    assert first["ratio/first_update_max_dev"] < 1e-5  # the behaviour policy is still the initial one
+    assert second["ratio/first_update_max_dev"] > 1e-4  # rollouts of step 2 come from 1 update ago
+    assert len(trainer.history) == 2
+
+
+def test_checkpoint_round_trip(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "steps=2", "checkpoint_every=1", "keep_checkpoints=1"), log=lambda *a: None)
+    trainer.run()
+    ckpts = checkpoint_dirs(tmp_path)
+    assert [p.name for p in ckpts] == ["step_000002"]  # only the last one kept
+    fresh = Trainer(tiny_config(tmp_path / "other"), log=lambda *a: None)
+    state, snapshots = load_checkpoint(ckpts[0], model=fresh.model, optimizer=fresh.optimizer, scheduler=fresh.scheduler)
+    assert state["step"] == 2 and state["updates"] == 4 and snapshots == []
+    for (name, a), b in zip(trainer.model.state_dict().items(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    sa, sb = trainer.optimizer.state_dict()["state"], fresh.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
+    summary = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert summary["steps"] == 2 and (tmp_path / "plots" / "training.png").stat().st_size > 10_000
+    assert (tmp_path / "final_model" / "model.safetensors").is_file()
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    Trainer(tiny_config(tmp_path, "steps=1"), log=lambda *a: None).run()
+    with pytest.raises(FileExistsError, match="already holds a run; use `sspo resume"):
+        Trainer(tiny_config(tmp_path, "steps=1"), log=lambda *a: None)
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sspo.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+
+
+def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
+    common = [*TINY, "steps=5", "checkpoint_every=1", "update.staleness=1", "objective.name=grpo"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert _cli("train", *common, f"out_dir={whole}").wait(timeout=600) == 0
+
+    proc = _cli("train", *common, f"out_dir={broken}")
+    deadline = time.time() + 300
+    while not (broken / "checkpoints" / "step_000002").is_dir():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside step 3 (or later): a kill at an arbitrary moment
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (broken / "final_metrics.json").exists()
+    out = _cli("resume", str(broken))
+    assert out.wait(timeout=600) == 0, out.stdout.read()
+    assert _comparable(read_metrics(broken)) == _comparable(read_metrics(whole))
+    a = json.loads((whole / "final_metrics.json").read_text())
+    b = json.loads((broken / "final_metrics.json").read_text())
+    assert a["accuracy_after"] == b["accuracy_after"] and b["steps"] == 5
+
+
+def test_train_cli_smoke_and_bad_config_error(tmp_path):
+    proc = _cli("train", *TINY, "steps=2", f"out_dir={tmp_path}")
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    assert '"accuracy_after"' in output
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2, 2]
+    assert {"reward/mean", "entropy", "grad_norm", "seq_weight/ess", "gate/weight_mean", "loss"} <= rows[1].keys()
+    bad = _cli("train", "rollout.top_p=2", f"out_dir={tmp_path / 'x'}")
+    output = bad.communicate(timeout=120)[0]
+    assert bad.returncode == 2 and "rollout.top_p: must be in (0, 1], got 2.0" in output
+    assert not (tmp_path / "x").exists()
