@@ -5,10 +5,14 @@ Two back-ends share one API and one token-selection rule (:func:`select_tokens`)
 - ``"hf"``: any Hugging Face causal LM, through its forward with a ``DynamicCache``, explicit
   ``position_ids`` and a 2-D attention mask for the left padding.
 - ``"fast"``: Qwen2/Llama-style models through :class:`sspo.models.fast_decoder.FastDecoder`, a pure
-  torch forward with a static KV cache and a few ops per layer (tens of times faster on CPU for tiny
-  models, where the HF forward's per-call overhead dominates).
+  torch forward with a static KV cache and a few ops per layer. It also prefills each distinct prompt
+  once (a GRPO group of G samples shares one prefill) and drops finished rows from the batch.
 
-``backend="auto"`` picks ``"fast"`` whenever the model supports it.
+``backend="auto"`` picks ``"fast"`` whenever the model supports it. Both back-ends draw the same
+random numbers, so a seeded generator gives the same tokens on either (up to float ties).
+
+On a small shared CPU, set ``torch.set_num_threads(1)`` for tiny models: intra-op threads that
+compete with other processes slow every op several-fold, which dwarfs any per-call overhead.
 """
 
 from __future__ import annotations
@@ -113,8 +117,9 @@ def select_tokens(
     Sampling draws from ``softmax(logits / temperature)`` restricted to the top-p nucleus, using the
     exponential race ``argmax_i p_i / E_i`` with ``E_i ~ Exp(1)`` from ``generator`` (one draw per
     vocabulary entry per row, so the random stream does not depend on the probabilities); ``noise``
-    may supply those draws (``[N, V]``, see :func:`draw_noise`). ``greedy`` takes ``argmax(logits)``. The returned log-prob is always
-    ``log_softmax(logits / temperature)`` at the chosen token: top-p does not change it.
+    may supply those draws (``[N, V]``, see :func:`draw_noise`). ``greedy`` takes ``argmax(logits)``.
+    The returned log-prob is always ``log_softmax(logits / temperature)`` at the chosen token: top-p
+    does not change it.
     """
     logits = logits.float()
     scaled = logits if temperature == 1.0 else logits / temperature
