@@ -24,8 +24,8 @@ def supervised_control(config: TrainConfig, seconds: float) -> dict:
     """Continue supervised training from the cached warm start for ``seconds``; evaluate it."""
     from .rewards import RewardScorer
     from .tasks import load_task
-    from .train.sft import sft_train
     from .trainer.evaluate import evaluate
+    from .trainer.sft import sft_train
     from .trainer.warm_start import prepare_model, sft_pairs
 
     model, tokenizer, _ = prepare_model(config)

@@ -7,7 +7,14 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sspo.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
-from sspo.train.sampling import Rollout, left_pad, position_ids_from_mask, sample, select_tokens, top_p_filter
+from sspo.trainer.sampling import (
+    Rollout,
+    left_pad,
+    position_ids_from_mask,
+    sample,
+    select_tokens,
+    top_p_filter,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sspo.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
-from sspo.train.sampling import sample
-from sspo.train.sft import collate, encode_pairs, lr_factor, sft_train
+from sspo.trainer.sampling import sample
+from sspo.trainer.sft import collate, encode_pairs, lr_factor, sft_train
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,8 +10,8 @@ import torch
 
 from ..rewards import RewardScorer
 from ..tasks import Problem
-from ..train.sampling import sample
 from .rollout import decode_responses, encode_prompts
+from .sampling import sample
 
 
 def _scores(model, tokenizer, problems, scorer, *, repeats, greedy, max_new_tokens, temperature, template,

@@ -11,8 +11,8 @@ from ..advantages import group_advantages
 from ..rewards import RewardScorer
 from ..tasks import Problem, format_prompt
 from ..tasks.prompts import has_chat_template
-from ..train.sampling import sample
 from .policy import response_logprobs_no_grad
+from .sampling import sample
 
 
 @dataclass

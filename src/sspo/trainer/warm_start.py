@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..models.loading import load_model_and_tokenizer
 from ..tasks import format_prompt, load_task
-from ..train.sft import sft_train
 from .config import TrainConfig
+from .sft import sft_train
 
 
 def cache_root(config: TrainConfig) -> Path:
