@@ -52,20 +52,38 @@ def _grad_z(z: Tensor, labels: Tensor, lse: Tensor, entropy, g_logp, g_ent) -> T
     return grad
 
 
+def _chunked_forward(n, rows, dtype, logits_of, labels, temperature, with_entropy):
+    """``(logp, lse, entropy)`` over ``n`` rows, ``logits_of(slice)`` giving one chunk's logits."""
+    logp = labels.new_empty(n, dtype=dtype)
+    lse = labels.new_empty(n, dtype=dtype)
+    ent = labels.new_empty(n, dtype=dtype) if with_entropy else None
+    for s in range(0, n, rows):
+        sl = slice(s, s + rows)
+        lp, ls, en = _forward_stats(_scaled(logits_of(sl), dtype, temperature), labels[sl], with_entropy)
+        logp[sl], lse[sl] = lp, ls
+        if with_entropy:
+            ent[sl] = en
+    return logp, lse, ent
+
+
+def _chunk_grads(ctx, logits_of, labels, lse, ent, g_logp, g_ent):
+    """Yield ``(slice, ∂/∂logits)`` chunk by chunk (softmax recomputed from ``logits_of``)."""
+    g_ent = g_ent if ctx.with_entropy else None
+    for s in range(0, labels.shape[0], ctx.rows):
+        sl = slice(s, s + ctx.rows)
+        z = _scaled(logits_of(sl), lse.dtype, ctx.temperature)
+        gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl))
+        if ctx.temperature != 1.0:
+            gz.div_(ctx.temperature)
+        yield sl, gz
+
+
 class _LogitsLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, temperature, rows, with_entropy):
-        n = logits.shape[0]
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        logp = logits.new_empty(n, dtype=dtype)
-        lse = logits.new_empty(n, dtype=dtype)
-        ent = logits.new_empty(n, dtype=dtype) if with_entropy else None
-        for s in range(0, n, rows):
-            z = _scaled(logits[s : s + rows], dtype, temperature)
-            lp, ls, en = _forward_stats(z, labels[s : s + rows], with_entropy)
-            logp[s : s + rows], lse[s : s + rows] = lp, ls
-            if with_entropy:
-                ent[s : s + rows] = en
+        logp, lse, ent = _chunked_forward(logits.shape[0], rows, dtype, logits.__getitem__, labels,
+                                          temperature, with_entropy)  # fmt: skip
         ctx.save_for_backward(logits, labels, lse, ent if with_entropy else lse)
         ctx.temperature, ctx.rows, ctx.with_entropy = temperature, rows, with_entropy
         return logp, ent
@@ -73,16 +91,8 @@ class _LogitsLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_logp, g_ent):
         logits, labels, lse, ent = ctx.saved_tensors
-        if not ctx.with_entropy:
-            g_ent = None
         grad = torch.empty_like(logits)
-        dtype = lse.dtype
-        for s in range(0, logits.shape[0], ctx.rows):
-            sl = slice(s, s + ctx.rows)
-            z = _scaled(logits[sl], dtype, ctx.temperature)
-            gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl))
-            if ctx.temperature != 1.0:
-                gz.div_(ctx.temperature)
+        for sl, gz in _chunk_grads(ctx, logits.__getitem__, labels, lse, ent, g_logp, g_ent):
             grad[sl] = gz
         return grad, None, None, None, None
 
@@ -90,17 +100,9 @@ class _LogitsLogprob(torch.autograd.Function):
 class _HiddenLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, temperature, rows, with_entropy):
-        n = hidden.shape[0]
         dtype = torch.promote_types(hidden.dtype, torch.float32)
-        logp = hidden.new_empty(n, dtype=dtype)
-        lse = hidden.new_empty(n, dtype=dtype)
-        ent = hidden.new_empty(n, dtype=dtype) if with_entropy else None
-        for s in range(0, n, rows):
-            z = _scaled(_project(hidden[s : s + rows], weight, bias), dtype, temperature)
-            lp, ls, en = _forward_stats(z, labels[s : s + rows], with_entropy)
-            logp[s : s + rows], lse[s : s + rows] = lp, ls
-            if with_entropy:
-                ent[s : s + rows] = en
+        logp, lse, ent = _chunked_forward(hidden.shape[0], rows, dtype, lambda sl: _project(hidden[sl], weight, bias),
+                                          labels, temperature, with_entropy)  # fmt: skip
         ctx.save_for_backward(hidden, weight, bias if bias is not None else lse, labels, lse, ent if with_entropy else lse)
         ctx.has_bias, ctx.temperature, ctx.rows, ctx.with_entropy = bias is not None, temperature, rows, with_entropy
         return logp, ent
@@ -109,21 +111,14 @@ class _HiddenLogprob(torch.autograd.Function):
     def backward(ctx, g_logp, g_ent):
         hidden, weight, bias, labels, lse, ent = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
-        if not ctx.with_entropy:
-            g_ent = None
         dtype = lse.dtype
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device)
         grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if bias is not None else None
-        for s in range(0, hidden.shape[0], ctx.rows):
-            sl = slice(s, s + ctx.rows)
-            h = hidden[sl]
-            z = _scaled(_project(h, weight, bias), dtype, ctx.temperature)
-            gz = _grad_z(z, labels[sl], lse[sl], ent[sl], _slice(g_logp, sl), _slice(g_ent, sl))
-            if ctx.temperature != 1.0:
-                gz.div_(ctx.temperature)
+        logits_of = lambda sl: _project(hidden[sl], weight, bias)  # noqa: E731
+        for sl, gz in _chunk_grads(ctx, logits_of, labels, lse, ent, g_logp, g_ent):
             grad_hidden[sl] = (gz.to(weight.dtype) @ weight).to(hidden.dtype)
-            grad_weight.addmm_(gz.T, h.to(dtype))
+            grad_weight.addmm_(gz.T, hidden[sl].to(dtype))
             if grad_bias is not None:
                 grad_bias += gz.sum(0)
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
