@@ -98,5 +98,42 @@ def test_smoke_compare_two_objectives(tmp_path, capsys):
     assert "runs: 2 (0 to do)" in plan.describe() and "controls: 1 (0 to do)" in plan.describe()
     assert execute_plan(plan, echo=False) == []
     log = (out / "compare.log").read_text()
-    assert "runs: 2 of 2 already done, skipped" in log
+    assert "runs: 2 of 2 already done, skipped" in log and "controls: 1 of 1 already done, skipped" in log
     assert log.count("done onpolicy/sspo/seed0") == 1
+
+
+def test_scheduler_respects_dependencies_and_skips_after_a_failed_warm_start(tmp_path, monkeypatch):
+    from sspo.experiments import compare_runs
+
+    plan = build_plan(tmp_path / "out", preset="tiny", objectives=["sspo", "grpo"], seeds=2, settings=["onpolicy"],
+                      workers=2, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
+    events: list[tuple[str, str]] = []
+    broken = plan.warm_starts[1].name
+
+    def fake_spawn(job, payload, log_path):
+        events.append(("start", job.name))
+        if job.name == broken:
+            events.append(("end", job.name))
+            return 1
+        job.result_file.parent.mkdir(parents=True, exist_ok=True)
+        result = {"train": {"accuracy_before": 0.1, "accuracy_after": 0.2, "steps": 3, "train_seconds": 7.0,
+                            "wall_seconds": 9.0},
+                  "sft": {"accuracy": 0.15, "steps": 5, "seconds": payload.get("seconds", 0)},
+                  "warm_start": {"steps": 1, "seconds": 0.0}}[job.kind]  # fmt: skip
+        job.result_file.write_text(json.dumps(result))
+        events.append(("end", job.name))
+        return 0
+
+    monkeypatch.setattr(compare_runs, "_spawn", fake_spawn)
+    failed = execute_plan(plan, echo=False)
+    assert sorted(failed) == sorted([broken, "onpolicy/sspo/seed1", "onpolicy/grpo/seed1", "control/sft/seed1"])
+    ended = {name: i for i, (kind, name) in enumerate(events) if kind == "end"}
+    started = {name: i for i, (kind, name) in enumerate(events) if kind == "start"}
+    for job in plan.runs + plan.controls:
+        if job.seed == 0:
+            assert all(ended[n] < started[job.name] for n in job.needs + job.after), job.name
+        else:
+            assert job.name not in started
+    sft = json.loads(plan.controls[0].result_file.read_text())
+    assert sft["seconds"] == 7.0  # the mean training time of the seed's runs
+    assert "SKIPPED control/sft/seed1" in (tmp_path / "out" / "compare.log").read_text()

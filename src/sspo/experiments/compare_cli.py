@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
                         help="run the supervised control (the no-training control is every run's step 0)")  # fmt: skip
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="training seconds per run (default: the preset's time_budget_s; tiny: 150)")  # fmt: skip
+                        help="training seconds per run (default: the preset's time_budget_s; tiny: 180)")  # fmt: skip
     parser.add_argument("--out", default="runs/compare", help="output directory (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0,
                         help="runs at once, each a subprocess with threads=1 (default 0: 1 on a GPU, else one "

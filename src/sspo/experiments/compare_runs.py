@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,10 @@ class Job:
     seed: int = 0
     setting: str = ""
     method: str = ""
+    needs: list[str] = field(default_factory=list)
+    """Jobs that must succeed first (a run's warm start)."""
+    after: list[str] = field(default_factory=list)
+    """Jobs that must finish first, successfully or not (a control's runs)."""
 
     @property
     def result_file(self) -> Path:
@@ -209,7 +213,8 @@ def build_plan(out: str | Path, *, preset: str = "tiny", objectives: list[str], 
         directory = out / "runs" / setting / method / f"seed{seed}"
         config = run_config(preset, objective, params=params, setting=setting, seed=seed, out_dir=directory,
                             budget_s=budget_s, threads=threads, overrides=overrides)  # fmt: skip
-        plan.runs.append(Job("train", f"{setting}/{method}/seed{seed}", directory, config, seed, setting, method))
+        job = Job("train", f"{setting}/{method}/seed{seed}", directory, config, seed, setting, method)
+        plan.runs.append(job)
         first_config.setdefault(seed, config)
         typed = config_from_dict(config)
         if typed.warm_start.steps > 0:
@@ -217,11 +222,14 @@ def build_plan(out: str | Path, *, preset: str = "tiny", objectives: list[str], 
             if key not in seen_keys:
                 path = cache_root(typed) / f"warmstart-{key}"
                 seen_keys[key] = Job("warm_start", f"warm start seed{seed} ({path.name})", path, config, seed)
+            job.needs.append(seen_keys[key].name)
     plan.warm_starts = list(seen_keys.values())
     if controls:
         for seed, config in sorted(first_config.items()):
             directory = out / "controls" / "sft" / f"seed{seed}"
-            plan.controls.append(Job("sft", f"control/sft/seed{seed}", directory, config, seed, "control", "sft"))
+            runs = [j for j in plan.runs if j.seed == seed]
+            plan.controls.append(Job("sft", f"control/sft/seed{seed}", directory, config, seed, "control", "sft",
+                                     needs=list(runs[0].needs), after=[j.name for j in runs]))  # fmt: skip
     return plan
 
 
@@ -284,49 +292,87 @@ def _describe_result(job: Job) -> str:
     return f"{data.get('steps')} supervised steps, {data.get('seconds', 0):.0f} s"
 
 
+def _payload(plan: Plan, job: Job) -> dict:
+    payload = {"kind": job.kind, "config": job.config}
+    if job.kind == "sft":  # built at dispatch time: the seed's runs have finished by then
+        payload.update(directory=str(job.directory), seconds=_mean_train_seconds(plan, job.seed))
+    return payload
+
+
 def execute_plan(plan: Plan, *, echo: bool = True) -> list[str]:
-    """Run every job not yet done; returns the names of the jobs that failed."""
+    """Run every job not yet done, at most ``plan.workers`` at once; returns the names of failed jobs.
+
+    A run starts once its seed's warm start is built; the seed's supervised control starts once every
+    run of that seed has finished (so controls of early seeds overlap later runs). A single warm start
+    to build is built in this process with every thread, since nothing else can run before it.
+    """
     log = _Log(plan.out / LOG_FILE, echo=echo)
+    order = {"warm_start": 0, "train": 1, "sft": 1}
+    jobs = sorted(plan.warm_starts + plan.runs + plan.controls,
+                  key=lambda j: (order[j.kind], j.seed, j.kind == "sft"))  # fmt: skip
+    for title, group in (("warm start", plan.warm_starts), ("runs", plan.runs), ("controls", plan.controls)):
+        skipped = sum(j.done() for j in group)
+        if skipped:
+            log(f"{title}: {skipped} of {len(group)} already done, skipped")
+    finished = {j.name for j in jobs if j.done()}
+    succeeded = set(finished)
+    pending = [j for j in jobs if not j.done()]
     failed: list[str] = []
+
+    warm = [j for j in pending if j.kind == "warm_start"]
+    if len(warm) == 1 or (warm and plan.workers == 1):
+        for job in warm:
+            log(f"warm start: building {job.name} in this process")
+            t0 = time.perf_counter()
+            run_job({**_payload(plan, job), "config": {**job.config, "threads": None}})
+            log(f"done {job.name}: {_describe_result(job)} ({time.perf_counter() - t0:.0f} s)")
+            finished.add(job.name)
+            succeeded.add(job.name)
+            pending.remove(job)
+    if not pending:
+        return failed
+    total = len(pending)
+    log(f"{total} job(s) to run on {min(plan.workers, total)} worker(s)")
     work_dir = plan.out / "workers"
 
-    def run_phase(title: str, jobs: list[Job], payload_of) -> None:
-        todo = [j for j in jobs if not j.done()]
-        if len(todo) < len(jobs):
-            log(f"{title}: {len(jobs) - len(todo)} of {len(jobs)} already done, skipped")
-        if not todo:
-            return
-        counter = {"n": 0}
-        if title == "warm start" and (len(todo) == 1 or plan.workers == 1):
-            for job in todo:  # in this process, with every thread: nothing else runs yet
-                log(f"warm start: building {job.name} in this process")
-                t0 = time.perf_counter()
-                run_job({**payload_of(job), "config": {**job.config, "threads": None}})
-                log(f"done {job.name}: {_describe_result(job)} ({time.perf_counter() - t0:.0f} s)")
-            return
-        log(f"{title}: {len(todo)} to run on {min(plan.workers, len(todo))} worker(s)")
+    def one(job: Job, payload: dict) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        log_path = work_dir / f"warm_start_seed{job.seed}.log" if job.kind == "warm_start" else job.directory / "worker.log"
+        return _spawn(job, payload, log_path), time.perf_counter() - t0
 
-        def one(job: Job) -> tuple[Job, int, float]:
-            t0 = time.perf_counter()
-            log_path = (job.directory if job.kind != "warm_start" else work_dir) / (
-                "worker.log" if job.kind != "warm_start" else f"warm_start_seed{job.seed}.log")
-            return job, _spawn(job, payload_of(job), log_path), time.perf_counter() - t0
-
-        with ThreadPoolExecutor(max_workers=max(1, plan.workers)) as pool:
-            for future in as_completed([pool.submit(one, j) for j in todo]):
-                job, rc, seconds = future.result()
-                counter["n"] += 1
-                where = f"[{title} {counter['n']}/{len(todo)}]"
+    count = 0
+    with ThreadPoolExecutor(max_workers=max(1, plan.workers)) as pool:
+        running: dict = {}
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= plan.workers:
+                    break
+                if any(n not in finished for n in job.needs + job.after):
+                    continue
+                pending.remove(job)
+                broken = [n for n in job.needs if n not in succeeded]
+                if broken:
+                    count += 1
+                    failed.append(job.name)
+                    finished.add(job.name)
+                    log(f"[{count}/{total}] SKIPPED {job.name}: {', '.join(broken)} failed")
+                    continue
+                running[pool.submit(one, job, _payload(plan, job))] = job
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                rc, seconds = future.result()
+                count += 1
+                finished.add(job.name)
                 if rc == 0 and job.done():
-                    log(f"{where} done {job.name}: {_describe_result(job)} ({seconds:.0f} s)")
+                    succeeded.add(job.name)
+                    log(f"[{count}/{total}] done {job.name}: {_describe_result(job)} ({seconds:.0f} s)")
                 else:
                     failed.append(job.name)
-                    log(f"{where} FAILED {job.name} (exit {rc}); see {job.directory / 'worker.log'}")
-
-    run_phase("warm start", plan.warm_starts, lambda j: {"kind": "warm_start", "config": j.config})
-    run_phase("runs", plan.runs, lambda j: {"kind": "train", "config": j.config})
-    run_phase("controls", plan.controls, lambda j: {"kind": "sft", "config": j.config, "directory": str(j.directory),
-                                                    "seconds": _mean_train_seconds(plan, j.seed)})  # fmt: skip
+                    where = work_dir if job.kind == "warm_start" else job.directory
+                    log(f"[{count}/{total}] FAILED {job.name} (exit {rc}); see the log in {where}")
     return failed
 
 
