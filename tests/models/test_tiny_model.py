@@ -105,3 +105,18 @@ def test_load_rejects_bad_arguments(tmp_path):
         load_model_and_tokenizer("tiny", dtype="float8")
     with pytest.raises(ValueError, match="name_or_path"):
         load_model_and_tokenizer(str(tmp_path / "missing"))
+
+
+def test_model_directory_round_trip_keeps_the_character_tokenizer(tmp_path):
+    """A saved model directory (config.json of model_type qwen2 + our tokenizer) reloads losslessly:
+    AutoTokenizer alone would rebuild a Qwen2Tokenizer that drops spaces and newlines."""
+    model, tokenizer = load_model_and_tokenizer("tiny")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded_model, reloaded = load_model_and_tokenizer(str(tmp_path))
+    text = "Tom has 3 apples.\n3+4=7. #### 7"
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert len(reloaded(text)["input_ids"]) == len(text)
+    assert reloaded.decode(reloaded(text)["input_ids"]) == text
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    torch.testing.assert_close(reloaded_model(ids).logits, model(ids).logits)

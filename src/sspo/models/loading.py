@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from sspo.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
@@ -28,6 +35,21 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _load_tokenizer(name: str, is_local: bool, **kwargs) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer``, except that a local tokenizer saved as a generic fast tokenizer (like the tiny
+    model's character tokenizer) is loaded as exactly that: transformers 5 would otherwise rebuild it
+    as the model type's tokenizer (``Qwen2Tokenizer``), whose pre-tokenizer drops spaces and newlines."""
+    config = Path(name) / "tokenizer_config.json"
+    if is_local and config.is_file():
+        declared = json.loads(config.read_text()).get("tokenizer_class")
+        if declared in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(name, **kwargs)
+    return AutoTokenizer.from_pretrained(name, **kwargs)
 
 
 def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -70,7 +92,7 @@ def load_model_and_tokenizer(
             raise ValueError(f"name_or_path {name!r} is neither 'tiny', an existing directory, nor a hub id")
         kwargs = {"local_files_only": is_local or _hub_offline()}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+            tokenizer = _load_tokenizer(name, is_local, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **kwargs)
         except OSError as err:  # raised for missing files, unreachable hub and offline cache misses
             where = "the local directory" if is_local else "the Hugging Face hub (or its local cache)"
