@@ -54,3 +54,12 @@ def test_unknown_preset_lists_the_presets(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
+
+
+def test_changing_the_objective_drops_the_old_objectives_params():
+    config = load_config("demo", ["objective.name=grpo"])
+    assert config.objective.name == "grpo" and config.objective.params == {}
+    config = load_config("demo", ["objective.name=grpo", "objective.params.eps_high=0.28"])
+    assert config.objective.params == {"eps_high": 0.28}
+    config = load_config("demo", ["objective.name=sspo", "objective.params.tau_neg=2"])  # same name: merged
+    assert config.objective.params == {"gate": "arctan", "tau_pos": 1.0, "tau_neg": 2}

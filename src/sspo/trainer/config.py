@@ -260,12 +260,15 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def _merge(base: dict, update: dict) -> dict:
+    """Deep merge; ``objective.params`` merge too, unless ``objective.name`` changes (then the old
+    objective's parameters are dropped, since they may not exist for the new one)."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "params":
-            out[key] = _merge(out[key], value)
-        elif isinstance(value, dict) and key == "params" and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            previous = out[key]
+            if key == "objective" and "name" in value and value["name"] != previous.get("name"):
+                previous = {k: v for k, v in previous.items() if k != "params"}
+            out[key] = _merge(previous, value)
         else:
             out[key] = value
     return out
