@@ -54,7 +54,12 @@ def test_plan_covers_the_matrix_seed_major(tmp_path):
     assert names[:4] == ["onpolicy/sspo/seed0", "onpolicy/grpo/seed0", "offpolicy/sspo/seed0", "offpolicy/grpo/seed0"]
     assert all(n.endswith("seed0") for n in names[:8]) and all(n.endswith("seed1") for n in names[8:])
     assert {j.config["threads"] for j in plan.runs} == {1}
-    assert len(plan.warm_starts) == 2  # one per seed, shared by every run of that seed
+    assert len(plan.warm_starts) == 1 and len(plan.warm_starts[0].links) == 2  # one, linked under each seed's key
+    assert {j.config["warm_start"]["cache_dir"] for j in plan.runs} == {str((tmp_path / "warm_starts").resolve())}
+    per_seed = build_plan(tmp_path, preset="tiny", objectives=["sspo", "grpo"], seeds=2, settings=["onpolicy"],
+                          workers=2, warm_start="per-seed", overrides=[f"warm_start.cache_dir={tmp_path / 'c2'}"])
+    assert len(per_seed.warm_starts) == 2 and not per_seed.warm_starts[0].links  # one per seed
+    assert {j.config["warm_start"]["cache_dir"] for j in per_seed.runs} == {str(tmp_path / "c2")}
     assert [j.name for j in plan.controls] == ["control/sft/seed0", "control/sft/seed1"]
     tau = next(j for j in plan.runs if j.method == "sspo-tau-2")
     assert tau.setting == "offpolicy" and tau.config["objective"]["params"]["tau_neg"] == pytest.approx(2.1)
@@ -106,7 +111,7 @@ def test_scheduler_respects_dependencies_and_skips_after_a_failed_warm_start(tmp
     from sspo.experiments import compare_runs
 
     plan = build_plan(tmp_path / "out", preset="tiny", objectives=["sspo", "grpo"], seeds=2, settings=["onpolicy"],
-                      workers=2, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
+                      workers=2, warm_start="per-seed", overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
     events: list[tuple[str, str]] = []
     broken = plan.warm_starts[1].name
 

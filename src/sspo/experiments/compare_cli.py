@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-seeds", type=int, default=None, help="seeds of the ablation runs (default: --seeds)")
     parser.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
                         help="run the supervised control (the no-training control is every run's step 0)")  # fmt: skip
+    parser.add_argument("--warm-start", default="shared", choices=("shared", "per-seed"),
+                        help="shared: one warm start (seed 0) is every seed's starting checkpoint; per-seed: each "
+                             "seed builds its own (default: %(default)s)")  # fmt: skip
     parser.add_argument("--budget-s", type=float, default=None,
                         help="training seconds per run (default: the preset's time_budget_s; tiny: 180)")  # fmt: skip
     parser.add_argument("--out", default="runs/compare", help="output directory (default: %(default)s)")
@@ -69,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
         args.out, preset=args.preset, objectives=_names(args.objectives), seeds=args.seeds,
         settings=_names(args.settings), ablations=_names(args.ablations), ablation_seeds=args.ablation_seeds,
         controls=args.controls, budget_s=args.budget_s, workers=args.workers, overrides=args.overrides,
+        warm_start=args.warm_start,
     )  # fmt: skip
     print(plan.describe(), flush=True)
     if args.dry_run:

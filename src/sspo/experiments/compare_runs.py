@@ -51,6 +51,10 @@ ABLATIONS: dict[str, list[tuple[str, dict[str, object]]]] = {
 ABLATION_SETTING = "offpolicy"
 """Ablations run in this setting only (where the gate matters: ratios far from 1)."""
 
+WARM_START_MODES = ("shared", "per-seed")
+SHARED_CACHE = "warm_starts"
+"""Comparison-private warm-start cache (under ``--out``) holding the shared warm start under every seed's key."""
+
 LOG_FILE = "compare.log"
 JOB_FILE = "compare_job.json"
 SFT_RESULT = "result.json"
@@ -71,6 +75,8 @@ class Job:
     """Jobs that must succeed first (a run's warm start)."""
     after: list[str] = field(default_factory=list)
     """Jobs that must finish first, successfully or not (a control's runs)."""
+    links: list[Path] = field(default_factory=list)
+    """A shared warm start: cache entries (one per seed) to fill with links to the built one."""
 
     @property
     def result_file(self) -> Path:
@@ -81,7 +87,7 @@ class Job:
         return self.directory / "warm_start.json"
 
     def done(self) -> bool:
-        return self.result_file.is_file()
+        return self.result_file.is_file() and all((p / "warm_start.json").is_file() for p in self.links)
 
 
 @dataclass
@@ -170,8 +176,13 @@ def _auto_workers(config: dict) -> int:
 
 def build_plan(out: str | Path, *, preset: str = "tiny", objectives: list[str], seeds: int, settings: list[str],
                ablations: list[str] = (), ablation_seeds: int | None = None, controls: bool = True,
-               budget_s: float | None = None, workers: int = 0, overrides: list[str] | tuple = ()) -> Plan:  # fmt: skip
-    """Every job of the comparison, ordered seed-major so early results cover every method."""
+               budget_s: float | None = None, workers: int = 0, overrides: list[str] | tuple = (),
+               warm_start: str = "shared") -> Plan:  # fmt: skip
+    """Every job of the comparison, ordered seed-major so early results cover every method.
+
+    ``warm_start="shared"``: one warm start (built with seed 0) is the starting checkpoint of every
+    seed; ``"per-seed"``: each seed builds its own (the trainer's cache is keyed by the seed).
+    """
     from ..objectives import OBJECTIVES
     from ..trainer.config import ConfigError
 
@@ -207,6 +218,18 @@ def build_plan(out: str | Path, *, preset: str = "tiny", objectives: list[str], 
     from ..trainer.config import config_from_dict
     from ..trainer.warm_start import cache_root, warm_start_key
 
+    if warm_start not in WARM_START_MODES:
+        raise ConfigError(f"--warm-start: {warm_start!r} is not one of {', '.join(WARM_START_MODES)}")
+    shared = warm_start == "shared" and probe["warm_start"]["steps"] > 0
+    source: Job | None = None
+    if shared:  # built with seed 0 in the usual cache, then linked into a comparison-private cache per seed
+        config = run_config(preset, objectives[0], setting=settings[0], seed=0, out_dir=out / "probe",
+                            budget_s=budget_s, overrides=overrides)  # fmt: skip
+        typed = config_from_dict(config)
+        path = cache_root(typed) / f"warmstart-{warm_start_key(typed)}"
+        source = Job("warm_start", f"warm start shared by every seed ({path.name})", path, config, 0)
+        plan.warm_starts.append(source)
+        overrides = [*overrides, f"warm_start.cache_dir={(out / SHARED_CACHE).resolve()}"]
     seen_keys: dict[str, Job] = {}
     first_config: dict[int, dict] = {}
     for seed, setting, method, objective, params in specs:
@@ -219,11 +242,16 @@ def build_plan(out: str | Path, *, preset: str = "tiny", objectives: list[str], 
         typed = config_from_dict(config)
         if typed.warm_start.steps > 0:
             key = warm_start_key(typed)
+            path = cache_root(typed) / f"warmstart-{key}"
+            if source is not None:
+                if path not in source.links:
+                    source.links.append(path)
+                job.needs.append(source.name)
+                continue
             if key not in seen_keys:
-                path = cache_root(typed) / f"warmstart-{key}"
                 seen_keys[key] = Job("warm_start", f"warm start seed{seed} ({path.name})", path, config, seed)
+                plan.warm_starts.append(seen_keys[key])
             job.needs.append(seen_keys[key].name)
-    plan.warm_starts = list(seen_keys.values())
     if controls:
         for seed, config in sorted(first_config.items()):
             directory = out / "controls" / "sft" / f"seed{seed}"
@@ -294,6 +322,8 @@ def _describe_result(job: Job) -> str:
 
 def _payload(plan: Plan, job: Job) -> dict:
     payload = {"kind": job.kind, "config": job.config}
+    if job.links:
+        payload["links"] = [str(p) for p in job.links]
     if job.kind == "sft":  # built at dispatch time: the seed's runs have finished by then
         payload.update(directory=str(job.directory), seconds=_mean_train_seconds(plan, job.seed))
     return payload
@@ -377,6 +407,30 @@ def execute_plan(plan: Plan, *, echo: bool = True) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- worker
+def link_warm_start(source: Path, target: Path, *, seed: int) -> None:
+    """Make ``target`` a cache entry holding the warm start in ``source`` (hard links, else copies)."""
+    if (target / "warm_start.json").is_file():
+        return
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, tmp, copy_function=link)
+    info = json.loads((source / "warm_start.json").read_text())
+    (tmp / "warm_start.json").unlink()  # a hard link: write a new file, never through it
+    (tmp / "warm_start.json").write_text(json.dumps({**info, "shared_from": str(source), "shared_from_seed": seed}))
+    try:
+        os.replace(tmp, target)
+    except OSError:  # filled concurrently
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _set_threads(config) -> None:
     import torch
 
@@ -393,7 +447,9 @@ def run_job(payload: dict) -> None:
     if payload["kind"] == "warm_start":
         from ..trainer.warm_start import prepare_model
 
-        prepare_model(config)
+        _, _, info = prepare_model(config)
+        for target in payload.get("links", []):
+            link_warm_start(Path(info["path"]), Path(target), seed=config.seed)
     elif payload["kind"] == "train":
         from ..trainer import Trainer, resume
         from ..trainer.checkpoint import checkpoint_dirs
