@@ -94,7 +94,8 @@ class OptimConfig:
 class UpdateConfig:
     mini_batches: int = 2
     """K: the rollout batch is split into K mini-batches, one optimizer update each (all but the
-    first update of a fresh rollout are off-policy)."""
+    first update of a fresh rollout are off-policy). Mini-batches hold whole groups in a random order
+    (when K divides P), so each prompt is encoded once per forward pass."""
     epochs: int = 1
     """Passes over the rollout batch."""
     micro_batch_size: int | None = None

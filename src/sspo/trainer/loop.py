@@ -183,9 +183,12 @@ class Trainer:
         stats = _StepStats()
         n = batch.input_ids.shape[0]
         first_dev = None
+        g = c.rollout.samples_per_prompt
         for epoch in range(c.update.epochs):
-            perm = torch.randperm(n, generator=seeded(c.seed, 3, step, epoch))
-            for idx in perm.chunk(c.update.mini_batches):
+            # mini-batches of whole groups (in a random order): each prompt is encoded once per forward
+            order = torch.randperm(n // g, generator=seeded(c.seed, 3, step, epoch))
+            rows = (order[:, None] * g + torch.arange(g)).flatten()
+            for idx in rows.chunk(c.update.mini_batches):
                 metrics = self._update(batch, idx)
                 if first_dev is None:
                     first_dev = max(abs(metrics["ratio/max"].item() - 1), abs(metrics["ratio/min"].item() - 1))
@@ -212,7 +215,7 @@ class Trainer:
         for part in idx.split(micro):
             mb = batch.select(part)
             logp, entropy = response_logprobs(self.model, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
-                                              temperature=c.rollout.temperature)  # fmt: skip
+                                              temperature=c.rollout.temperature, groups=mb["groups"])  # fmt: skip
             out = policy_loss(
                 o.name, logp, mb["old_log_probs"], mb["advantages"], mb["response_mask"],
                 loss_agg_mode=o.loss_agg_mode, kl_coef=o.kl_coef, ref_log_probs=mb["ref_log_probs"],

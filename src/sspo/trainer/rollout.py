@@ -27,6 +27,8 @@ class RolloutBatch:
     """Behaviour policy's log-probs, recomputed with the training forward (ratios start at 1)."""
     advantages: Tensor
     rewards: Tensor
+    groups: Tensor | None = None
+    """``[N]`` group id of each row (rows of a group share their prompt)."""
     ref_log_probs: Tensor | None = None
     completions: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -44,6 +46,7 @@ class RolloutBatch:
             "old_log_probs": self.old_log_probs[idx][:, :width],
             "advantages": self.advantages[idx],
             "ref_log_probs": None if self.ref_log_probs is None else self.ref_log_probs[idx][:, :width],
+            "groups": None if self.groups is None else self.groups[idx],
         }
 
 
@@ -90,13 +93,14 @@ def make_rollout(
     rewards = torch.tensor(rewards_list, dtype=torch.float32)
     advantages, adv_metrics = group_advantages(rewards, samples_per_prompt, method=advantage)
     mask = out.response_mask
+    groups = torch.arange(len(prompt_ids), device=mask.device) // samples_per_prompt
     old = response_logprobs_no_grad(behaviour, out.input_ids, out.attention_mask, out.response_ids,
-                                    temperature=temperature)  # fmt: skip
+                                    temperature=temperature, groups=groups)  # fmt: skip
     old = torch.where(mask, old, torch.zeros_like(old))
     ref = None
     if reference is not None:
         ref = response_logprobs_no_grad(reference, out.input_ids, out.attention_mask, out.response_ids,
-                                        temperature=temperature)  # fmt: skip
+                                        temperature=temperature, groups=groups)  # fmt: skip
     lengths = mask.sum(-1).float()
     eos = tokenizer.eos_token_id
     finished = ((out.response_ids == eos) & mask).any(-1).float() if eos is not None else torch.zeros_like(lengths)
@@ -111,4 +115,4 @@ def make_rollout(
         "rollout/tokens": float(lengths.sum()),
     }
     return RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
-                        ref, completions, metrics)  # fmt: skip
+                        groups, ref, completions, metrics)  # fmt: skip
