@@ -48,7 +48,7 @@ def main() -> None:
     import torch
 
     from sspo.models.tiny import build_char_tokenizer, build_tiny_model
-    from sspo.train.sampling import left_pad, sample
+    from sspo.trainer.sampling import left_pad, sample
 
     if args.threads:
         torch.set_num_threads(args.threads)

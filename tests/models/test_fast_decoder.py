@@ -12,7 +12,7 @@ from transformers import (
 )
 
 from sspo.models.fast_decoder import FastDecoder, unsupported_reason
-from sspo.train.sampling import left_pad, position_ids_from_mask
+from sspo.trainer.sampling import left_pad, position_ids_from_mask
 
 
 @pytest.fixture(autouse=True, scope="module")
