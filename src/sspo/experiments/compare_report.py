@@ -259,7 +259,8 @@ def plot_setting(data: dict, setting: str, methods: Sequence[str], path: Path, t
                                         ("SFT control", [v["accuracy"] for v in data["sft"].values()], "--")):  # fmt: skip
                 if values:
                     ax.axhline(sum(values) / len(values), color="black", linestyle=style, linewidth=1, label=name)
-        if key == "grad_norm" and drawn and all(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
+        ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if key == "grad_norm" and drawn and ys and min(ys) > 0 and max(ys) > 10 * min(ys):
             ax.set_yscale("log")
         ax.set_title(label)
         ax.set_xlabel("training seconds" if x_key != "step" else "step")
@@ -361,13 +362,15 @@ code {{ font-size: 12px; }}
 {"–" if target is None else f"{target:.3f}"} (the count in brackets is the seeds that reached it; the mean is
 over those). Controls start from the same warm start: “no-training” is the step-0 evaluation, “sft” continues
 supervised training on the worked solutions for the RL runs' mean training time.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
+<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>
 {plots}
 <h2>Settings</h2>
 <table><thead><tr><th>setting</th><th>overrides</th><th>meaning</th></tr></thead><tbody>{settings}</tbody></table>
 <h2>Column definitions</h2><ul>{definitions}</ul>
 <p>Spikes: a point above the median of the previous {meta.get("spike_window")} steps by more than
-{meta.get("spike_k")}·1.4826·MAD of that window (two-sided for the loss). ESS of sequence weights s: (Σs)²/(G′·Σs²).</p>
+{meta.get("spike_k")}·σ, σ = max(1.4826·MAD, 1.2533·mean absolute deviation) of that window (two-sided for the
+loss). ESS of sequence weights s: (Σs)²/(G′·Σs²). Curves: mean over seeds, band = min–max over seeds; per-step
+series are trailing {SMOOTH}-step means.</p>
 </body></html>
 """
 
