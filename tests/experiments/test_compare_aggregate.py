@@ -169,11 +169,14 @@ def test_collect_pairs_gains_with_the_same_seed(fake_compare):
 
 
 def test_report_only_tables(fake_compare, capsys):
+    _write_run(fake_compare, "offpolicy", "sspo-gate-sigmoid", 0, [(0, 0.30), (10, 0.31), (20, 0.33)], 20)
     assert main(["compare", "--report-only", "--out", str(fake_compare), "--target-accuracy", "0.36"]) == 0
     assert "| offpolicy | sspo |" in capsys.readouterr().out
     with open(fake_compare / "results.csv") as f:
         rows = {(r["setting"], r["method"]): r for r in csv.DictReader(f)}
-    assert set(rows) == {("offpolicy", "sspo"), ("offpolicy", "grpo"), ("control", "no-training"), ("control", "sft")}
+    assert list(rows) == [("offpolicy", "grpo"), ("offpolicy", "sspo"), ("offpolicy", "sspo-gate-sigmoid"),
+                          ("control", "no-training"), ("control", "sft")]  # fmt: skip
+    assert rows[("offpolicy", "sspo-gate-sigmoid")]["n_seeds"] == "1"
     sspo = rows[("offpolicy", "sspo")]
     assert float(sspo["acc_final_mean"]) == pytest.approx(0.43)  # 0.40, 0.43, 0.46
     assert float(sspo["acc_final_ci95"]) == pytest.approx(4.302652730 * 0.03 / math.sqrt(3), abs=1e-9)
@@ -185,10 +188,11 @@ def test_report_only_tables(fake_compare, capsys):
     assert float(rows[("control", "sft")]["acc_final_mean"]) == pytest.approx(0.35)
     assert float(rows[("control", "no-training")]["acc_final_mean"]) == pytest.approx(0.32)
     with open(fake_compare / "runs.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
+        assert len(list(csv.DictReader(f))) == 7
     md = (fake_compare / "results.md").read_text()
     assert "| offpolicy | sspo | 3 | 0.430 ± 0.075 |" in md
     page = (fake_compare / "report.html").read_text()
-    assert page.count('<img src="data:image/png;base64,') == 2  # accuracy bars + the setting's curves
+    assert page.count('<img src="data:image/png;base64,') == 3  # accuracy bars, the setting's curves, ablations
+    assert (fake_compare / "plots" / "curves_ablations.png").is_file()
     assert (fake_compare / "plots" / "curves_offpolicy.png").stat().st_size > 10_000
     assert "Target accuracy for “steps→target”:\n0.360" in page

@@ -107,10 +107,16 @@ def collect(out: str | Path, *, target: float | None = None, spike_window: int =
     }  # fmt: skip
 
 
+def is_ablation(method: str) -> bool:
+    from .compare_runs import ABLATIONS
+
+    return any(method == name for group in ABLATIONS.values() for name, _ in group)
+
+
 def method_order(records: Sequence[dict]) -> list[tuple[str, str]]:
     """(setting, method) groups in a stable order: settings, then main objectives, then ablations."""
     keys = {(r["setting"], r["method"]) for r in records}
-    return sorted(keys, key=lambda k: (k[0], "-" in k[1], k[1]))
+    return sorted(keys, key=lambda k: (k[0], is_ablation(k[1]), k[1]))
 
 
 def aggregate(data: dict) -> list[dict]:
@@ -147,6 +153,9 @@ def _fmt(value, digits: int) -> str:
 def _cell(row: dict, key: str, digits: int) -> str:
     mean = row.get(f"{key}_mean")
     if mean is None or (isinstance(mean, float) and not math.isfinite(mean)):
+        reached = row.get("reached_mean")
+        if key == "steps_to_target" and isinstance(reached, float) and math.isfinite(reached):
+            return f"never (0/{row['n_seeds']})"
         return "–"
     half = row.get(f"{key}_ci95")
     text = _fmt(mean, digits)
@@ -317,12 +326,12 @@ def make_plots(data: dict, table: Sequence[dict], plot_dir: Path) -> list[tuple[
     figures = [("Final and best accuracy", plot_accuracy_bars(table, plot_dir / "accuracy.png"))]
     groups = method_order(data["records"])
     for setting in sorted({s for s, _ in groups}):
-        main = [m for s, m in groups if s == setting and "-" not in m]
+        main = [m for s, m in groups if s == setting and not is_ablation(m)]
         if main:
             figures.append((f"Setting {setting}", plot_setting(data, setting, main, plot_dir / f"curves_{setting}.png",
                                                                f"{setting}: mean over seeds, band = min–max over seeds")))  # fmt: skip
-    ablations = [m for s, m in groups if s == ABLATION_SETTING and m.startswith("sspo")]
-    if any("-" in m for m in ablations):
+    ablations = [m for s, m in groups if s == ABLATION_SETTING and (m == "sspo" or is_ablation(m))]
+    if any(is_ablation(m) for m in ablations):
         figures.append(("SSPO ablations (gate, τ)", plot_setting(
             data, ABLATION_SETTING, ablations, plot_dir / "curves_ablations.png",
             f"SSPO ablations in the {ABLATION_SETTING} setting (sspo = arctan gate, τ = 1 / 1.05)")))  # fmt: skip

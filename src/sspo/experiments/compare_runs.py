@@ -334,7 +334,8 @@ def execute_plan(plan: Plan, *, echo: bool = True) -> list[str]:
 
     A run starts once its seed's warm start is built; the seed's supervised control starts once every
     run of that seed has finished (so controls of early seeds overlap later runs). A single warm start
-    to build is built in this process with every thread, since nothing else can run before it.
+    to build is built in this process (nothing else can run before it), with the runs' thread count:
+    two torch threads on two busy cores were measured ~10x slower per step than one.
     """
     log = _Log(plan.out / LOG_FILE, echo=echo)
     order = {"warm_start": 0, "train": 1, "sft": 1}
@@ -354,7 +355,7 @@ def execute_plan(plan: Plan, *, echo: bool = True) -> list[str]:
         for job in warm:
             log(f"warm start: building {job.name} in this process")
             t0 = time.perf_counter()
-            run_job({**_payload(plan, job), "config": {**job.config, "threads": None}})
+            run_job(_payload(plan, job))
             log(f"done {job.name}: {_describe_result(job)} ({time.perf_counter() - t0:.0f} s)")
             finished.add(job.name)
             succeeded.add(job.name)
