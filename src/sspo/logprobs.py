@@ -14,10 +14,13 @@ import torch
 from torch import Tensor
 
 _CHUNK_ELEMENTS = 1 << 22  # ~16 MB of fp32 per chunk temporary
+# From hidden states every chunk re-reads the whole output embedding: larger chunks (~128 MB of
+# logits) keep that matmul efficient.
+_HIDDEN_CHUNK_ELEMENTS = 1 << 25
 
 
-def _rows_per_chunk(vocab: int, chunk_size: int | None) -> int:
-    return max(1, chunk_size or _CHUNK_ELEMENTS // max(vocab, 1))
+def _rows_per_chunk(vocab: int, chunk_size: int | None, elements: int = _CHUNK_ELEMENTS) -> int:
+    return max(1, chunk_size or elements // max(vocab, 1))
 
 
 def _scaled(z: Tensor, dtype: torch.dtype, temperature: float) -> Tensor:
@@ -183,7 +186,7 @@ def token_logprobs_from_hidden(
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight must be [V, H={hidden.shape[-1]}], got {tuple(weight.shape)}")
     flat = labels.reshape(-1).clamp(0, vocab - 1)
-    rows = _rows_per_chunk(vocab, chunk_size)
+    rows = _rows_per_chunk(vocab, chunk_size, _HIDDEN_CHUNK_ELEMENTS)
     h = hidden.reshape(-1, hidden.shape[-1])
     logp, ent = _HiddenLogprob.apply(h, weight, bias, flat, float(temperature), rows, with_entropy)
     return logp.view(lead), (ent.view(lead) if ent is not None else None)
