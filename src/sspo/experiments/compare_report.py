@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..trainer.metrics_log import read_jsonl
 from .compare_aggregate import RUN_METRICS, group_stats, mean_ci, summarise_run
 
 __all__ = ["collect", "write_report"]
@@ -56,17 +57,6 @@ TABLE_COLUMNS = (
 
 
 # ----------------------------------------------------------------------------- reading
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
 def _finished_runs(out: Path) -> list[tuple[str, str, int, Path]]:
     found = []
     for final in sorted((out / "runs").glob("*/*/seed*/final_metrics.json")):

@@ -10,18 +10,22 @@ from pathlib import Path
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All complete lines of a run's ``metrics.jsonl`` (a torn last line is ignored)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All complete lines of a JSON-lines file (a torn last line is ignored; a missing file is empty)."""
+    path = Path(path)
     rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
     return rows
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """A run's ``metrics.jsonl`` rows."""
+    return read_jsonl(Path(run_dir) / METRICS_FILE)
 
 
 def truncate_metrics(run_dir: str | Path, last_step: int) -> int:
