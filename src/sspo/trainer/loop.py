@@ -256,7 +256,11 @@ class Trainer:
             self.accuracy_before = before["eval/accuracy"]
             self.logger.log(0, before)
             self.log(f"held-out greedy accuracy before training: {self.accuracy_before:.3f}")
-        progress = Progress(c.steps, enabled=c.progress, description=f"{c.objective.name}", completed=self.step)
+        # with a time budget the bar tracks training seconds (the step count is then only an upper bound)
+        by_time = c.time_budget_s is not None
+        progress = Progress(c.time_budget_s if by_time else c.steps, enabled=c.progress,
+                            description=f"{c.objective.name} ({'seconds' if by_time else 'steps'})",
+                            completed=self.elapsed if by_time else self.step)  # fmt: skip
         stopped = "steps"
         try:
             while self.step < c.steps:
@@ -268,7 +272,8 @@ class Trainer:
                 self.elapsed += time.perf_counter() - t0
                 metrics["time/elapsed_s"] = self.elapsed
                 self.logger.log(self.step, metrics)
-                progress.update(reward=metrics.get("reward/mean"), acc=metrics.get("eval/accuracy"))
+                progress.update(time.perf_counter() - t0 if by_time else 1, step=self.step,
+                                reward=metrics.get("reward/mean"), acc=metrics.get("eval/accuracy"))  # fmt: skip
                 over_budget = c.time_budget_s is not None and self.elapsed >= c.time_budget_s
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps or over_budget:
                     self._checkpoint()

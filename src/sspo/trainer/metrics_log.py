@@ -82,7 +82,7 @@ def _clean(value):
 class Progress:
     """A rich progress bar with the latest reward and accuracy (a no-op when disabled)."""
 
-    def __init__(self, total: int, *, enabled: bool, description: str = "training", completed: int = 0):
+    def __init__(self, total: float, *, enabled: bool, description: str = "training", completed: float = 0):
         self._progress = None
         if not enabled:
             return
@@ -102,10 +102,10 @@ class Progress:
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, completed=completed, status="")
 
-    def update(self, advance: int = 1, **fields: float) -> None:
+    def update(self, advance: float = 1, **fields: float) -> None:
         if self._progress is None:
             return
-        status = "  ".join(f"{k} {v:.3f}" for k, v in fields.items() if v is not None)
+        status = "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}" for k, v in fields.items() if v is not None)
         self._progress.update(self._task, advance=advance, status=status)
 
     def close(self) -> None:
