@@ -15,8 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train the built-in tiny model with SSPO on CPU in minutes",
@@ -56,11 +54,9 @@ def _add_eval(sub) -> None:
 
 
 def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="every objective x seed, aggregated with controls (see docs/results.md)")
-    try:
-        from .experiments.compare_cli import add_arguments
-    except ImportError:  # the comparison module is optional until installed
-        return
+    p = sub.add_parser("compare", help="every objective x seed, aggregated with controls (see docs/compare.md)")
+    from .experiments.compare_cli import add_arguments
+
     add_arguments(p)
 
 

@@ -151,11 +151,13 @@ class Trainer:
     def _problems_for(self, step: int) -> list:
         p = self.config.rollout.prompts_per_step
         pool = len(self.train_problems)
+        perms: dict[int, torch.Tensor] = {}  # one shuffle per pass over the pool
         out = []
         for pos in range((step - 1) * p, step * p):
             epoch, offset = divmod(pos, pool)
-            perm = torch.randperm(pool, generator=seeded(self.config.seed, 1, epoch))
-            out.append(self.train_problems[int(perm[offset])])
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(pool, generator=seeded(self.config.seed, 1, epoch))
+            out.append(self.train_problems[int(perms[epoch][offset])])
         return out
 
     def _evaluate(self) -> dict[str, float]:
