@@ -52,7 +52,7 @@ def evaluate(
                      generator=None, **common)  # fmt: skip
     metrics = {"eval/accuracy": sum(s[0] for s in greedy) / len(problems), "eval/num_problems": float(len(problems))}
     if pass_k > 0:
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         sampled = _scores(
             model, tokenizer, problems, scorer, repeats=pass_k, greedy=False, temperature=temperature,
             generator=generator, **{**common, "batch_size": max(1, batch_size // pass_k)},
