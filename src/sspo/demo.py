@@ -34,8 +34,9 @@ def supervised_control(config: TrainConfig, seconds: float) -> dict:
     pairs = sft_pairs(problems, tokenizer, t.template)
     w = config.warm_start
     start = time.perf_counter()
-    # the warm start ended its schedule at a low rate: continue at that rate for the same wall time
-    result = sft_train(model, tokenizer, pairs, steps=10**6, batch_size=w.batch_size, lr=w.lr * 0.1,
+    # continue at the rate the warm start ended with (a decaying schedule ends at 0.1 × lr) for the same wall time
+    final_lr = w.lr if w.schedule == "constant" else w.lr * 0.1
+    result = sft_train(model, tokenizer, pairs, steps=10**6, batch_size=w.batch_size, lr=final_lr,
                        seed=config.seed + 1, time_budget_s=seconds, warmup=0, schedule="constant")  # fmt: skip
     eval_problems = load_task(t.name, t.eval_split, path=t.path, limit=config.eval.num_problems,
                               seed=config.seed + 1, **t.options)  # fmt: skip

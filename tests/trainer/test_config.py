@@ -35,6 +35,7 @@ def test_paper_presets_include_their_base():
         ("objective.loss_agg_mode=token-mean", "objective.params: objective 'sspo' is sequence-level"),
         ("update.mini_batches=1000", r"update.mini_batches: must be in \[1, P\*G=128\], got 1000"),
         ("task.name=mnist", "task.name: unknown task 'mnist'"),
+        ("task.reward=style", "task.reward: .style. is not one of answer, answer_and_work"),
         ("optim.schedule=step", "optim.schedule: 'step' is not one of constant, linear, cosine"),
         ("steps=2.5", "steps: expected int, got 2.5"),
         ("progress=maybe", "progress: expected true/false, got 'maybe'"),

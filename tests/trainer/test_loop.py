@@ -123,3 +123,30 @@ def test_train_cli_smoke_and_bad_config_error(tmp_path):
     output = bad.communicate(timeout=120)[0]
     assert bad.returncode == 2 and "rollout.top_p: must be in (0, 1], got 2.0" in output
     assert not (tmp_path / "x").exists()
+
+
+def test_work_check_zeroes_right_answers_with_wrong_work():
+    from sspo.trainer.rollout import _require_work
+
+    completions = ["3+4=7. #### 7", "3+4=8. 8-1=7. #### 7", "3+4=7. #### 9", "#### 7"]
+    rewards, metrics = _require_work([1.0, 1.0, 0.0, 1.0], completions)
+    assert rewards == [1.0, 0.0, 0.0, 0.0]
+    assert metrics == {"reward/mean": 0.25, "reward/answer_mean": 0.75, "reward/bad_work_frac": 0.5}
+
+
+@pytest.mark.parametrize("source", ["recompute", "sampler"])
+def test_behaviour_logprob_sources_start_on_policy(tmp_path, source):
+    trainer = Trainer(tiny_config(tmp_path, "update.mini_batches=2", f"update.old_logprobs={source}"),
+                      log=lambda *a: None)  # fmt: skip
+    assert trainer.recompute_old is (source == "recompute")
+    metrics = trainer.train_step(1)
+    assert metrics["ratio/first_update_max_dev"] < 1e-5
+    if source == "sampler":
+        assert metrics["ratio/first_update_max_dev"] == 0.0  # its own detached log-probs
+    assert 0.0 < metrics["rollout/logprob_mismatch_max"] < 1e-4  # sampler vs training forward, both fp32
+    assert metrics["ratio/max"] > 1 + 1e-6 or metrics["ratio/min"] < 1 - 1e-6  # the second update is off-policy
+
+
+def test_auto_recomputes_behaviour_logprobs_only_outside_float32(tmp_path):
+    assert not Trainer(tiny_config(tmp_path / "a"), log=lambda *a: None).recompute_old
+    assert Trainer(tiny_config(tmp_path / "b", "dtype=bfloat16"), log=lambda *a: None).recompute_old

@@ -15,6 +15,13 @@ from typing import Any
 
 import yaml
 
+TASK_REWARDS = ("answer", "answer_and_work")
+"""Training rewards of ``task.reward``."""
+SFT_SCHEDULES = ("cosine", "linear", "constant")
+"""Learning-rate schedules of supervised training (``warm_start.schedule``)."""
+OLD_LOGPROBS = ("auto", "recompute", "sampler")
+"""Sources of the behaviour log-probs (``update.old_logprobs``)."""
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message starts with the dotted field name."""
@@ -34,6 +41,10 @@ class TaskConfig:
     """Problems loaded for training (``None``: the task's default / all)."""
     template: str = "auto"
     """Prompt template: ``auto`` (chat template if the tokenizer has one, else plain), ``chat``, ``plain``, ``raw``."""
+    reward: str = "answer"
+    """Training reward: ``answer`` (1 if the final answer is right) or ``answer_and_work`` (also every shown
+    equation ``a∘b=c`` is true, they chain, and the answer follows from them; see ``sspo.rewards.work``).
+    Evaluation always scores the final answer alone."""
     options: dict[str, Any] = field(default_factory=dict)
     """Task options, e.g. synthetic ``{max_steps: 3, max_operand: 9}`` or deepmath ``{min_difficulty: 5}``."""
 
@@ -102,6 +113,12 @@ class UpdateConfig:
     """Sequences per forward/backward inside a mini-batch (gradient accumulation); ``None``: whole mini-batch."""
     staleness: int = 0
     """Rollouts are sampled by the policy of this many optimizer updates ago (stress off-policy learning)."""
+    old_logprobs: str = "auto"
+    """Behaviour log-probs of the ratios: ``recompute`` (a no-grad forward of the behaviour policy over
+    the batch after sampling), ``sampler`` (the sampler's own, no extra forward; the first mini-batch
+    of a fresh rollout takes its own detached log-probs, so its ratios are exactly 1), or ``auto``:
+    ``sampler`` in float32, where sampler and trainer agree to ~1e-5, else ``recompute`` (bf16 differs
+    by ~1e-2)."""
 
 
 @dataclass
@@ -126,7 +143,10 @@ class WarmStartConfig:
     batch_size: int = 32
     """Warm-start batch size."""
     lr: float = 3e-3
-    """Warm-start learning rate."""
+    """Warm-start (peak) learning rate."""
+    schedule: str = "cosine"
+    """Warm-start learning-rate schedule after its warm-up: ``cosine`` or ``linear`` decay to 0.1 × ``lr``, or
+    ``constant``. A constant rate leaves the model where RL at ~1e-4 does not knock it off (see the demo)."""
     cache_dir: str | None = None
     """Where warm starts are cached (default ``$SSPO_CACHE`` or ``~/.cache/sspo``)."""
 
@@ -350,6 +370,7 @@ def validate(config: TrainConfig) -> None:
                            config.eval, config.warm_start)  # fmt: skip
     _require(t.name in TASKS, "task.name", f"unknown task {t.name!r}; valid: {', '.join(TASKS)}")
     _require(t.template in TEMPLATES, "task.template", f"{t.template!r} is not one of {', '.join(TEMPLATES)}")
+    _require(t.reward in TASK_REWARDS, "task.reward", f"{t.reward!r} is not one of {', '.join(TASK_REWARDS)}")
     _require(t.train_size is None or t.train_size > 0, "task.train_size", f"must be > 0, got {t.train_size}")
     _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {r.prompts_per_step}")
     _require(r.samples_per_prompt >= 2, "rollout.samples_per_prompt",
@@ -381,6 +402,8 @@ def validate(config: TrainConfig) -> None:
     _require(u.micro_batch_size is None or u.micro_batch_size >= 1, "update.micro_batch_size",
              f"must be >= 1, got {u.micro_batch_size}")  # fmt: skip
     _require(u.staleness >= 0, "update.staleness", f"must be >= 0, got {u.staleness}")
+    _require(u.old_logprobs in OLD_LOGPROBS, "update.old_logprobs",
+             f"{u.old_logprobs!r} is not one of {', '.join(OLD_LOGPROBS)}")  # fmt: skip
     _require(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
     _require(e.num_problems >= 1, "eval.num_problems", f"must be >= 1, got {e.num_problems}")
     _require(e.pass_k >= 0, "eval.pass_k", f"must be >= 0, got {e.pass_k}")
@@ -388,6 +411,7 @@ def validate(config: TrainConfig) -> None:
     _require(w.steps >= 0, "warm_start.steps", f"must be >= 0, got {w.steps}")
     _require(w.batch_size >= 1, "warm_start.batch_size", f"must be >= 1, got {w.batch_size}")
     _require(w.lr > 0, "warm_start.lr", f"must be > 0, got {w.lr}")
+    _require(w.schedule in SFT_SCHEDULES, "warm_start.schedule", f"{w.schedule!r} is not one of {', '.join(SFT_SCHEDULES)}")
     _require(config.steps >= 1, "steps", f"must be >= 1, got {config.steps}")
     _require(config.time_budget_s is None or config.time_budget_s > 0, "time_budget_s", f"must be > 0, got {config.time_budget_s}")
     _require(config.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {config.checkpoint_every}")

@@ -30,7 +30,7 @@ from .evaluate import evaluate
 from .metrics_log import MetricsLogger, Progress, truncate_metrics
 from .plots import plot_run
 from .policy import response_logprobs
-from .rollout import make_rollout
+from .rollout import logprob_mismatch, make_rollout
 from .warm_start import prepare_model
 
 CONFIG_FILE = "config.yaml"
@@ -107,6 +107,8 @@ class Trainer:
                                        seed=config.seed + 1, **t.options)  # fmt: skip
         self.scorer = RewardScorer(timeout=config.rollout.reward_timeout)
         self.updates_per_step = config.update.mini_batches * config.update.epochs
+        mode = config.update.old_logprobs
+        self.recompute_old = mode == "recompute" or (mode == "auto" and self.dtype != torch.float32)
         self.total_updates = config.steps * self.updates_per_step
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -179,7 +181,8 @@ class Trainer:
             samples_per_prompt=c.rollout.samples_per_prompt, max_new_tokens=c.rollout.max_new_tokens,
             temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
             advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
-            backend=c.rollout.backend, reference=self.reference,
+            backend=c.rollout.backend, reference=self.reference, check_work=c.task.reward == "answer_and_work",
+            recompute=self.recompute_old,
         )  # fmt: skip
         t_rollout = time.perf_counter() - t0
         stats = _StepStats()
@@ -191,7 +194,9 @@ class Trainer:
             order = torch.randperm(n // g, generator=seeded(c.seed, 3, step, epoch))
             rows = (order[:, None] * g + torch.arange(g)).flatten()
             for idx in rows.chunk(c.update.mini_batches):
-                metrics = self._update(batch, idx)
+                # without a recompute, the first update of a fresh on-policy rollout is its own behaviour policy
+                own = first_dev is None and not self.recompute_old and self.behaviour is None
+                metrics = self._update(batch, idx, old_from_self=own)
                 if first_dev is None:
                     first_dev = max(abs(metrics["ratio/max"].item() - 1), abs(metrics["ratio/min"].item() - 1))
                 stats.add(metrics)
@@ -206,8 +211,10 @@ class Trainer:
         })  # fmt: skip
         return out
 
-    def _update(self, batch, idx: torch.Tensor) -> dict:
-        """One optimizer update on mini-batch rows ``idx`` (micro-batched, globally normalised)."""
+    def _update(self, batch, idx: torch.Tensor, old_from_self: bool = False) -> dict:
+        """One optimizer update on mini-batch rows ``idx`` (micro-batched, globally normalised).
+        ``old_from_self``: the model is still the behaviour policy, so its detached log-probs replace
+        the sampler's in ``batch.old_log_probs`` (ratios exactly 1; the sampler's drift is reported)."""
         c = self.config
         o = c.objective
         mask = batch.response_mask[idx]
@@ -218,6 +225,11 @@ class Trainer:
             mb = batch.select(part)
             logp, entropy = response_logprobs(self.model, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
                                               temperature=c.rollout.temperature, groups=mb["groups"])  # fmt: skip
+            if old_from_self:
+                own = torch.where(mb["response_mask"], logp.detach(), torch.zeros_like(logp))
+                collected.add({"rollout/logprob_mismatch_max": logprob_mismatch(own, mb["old_log_probs"], mb["response_mask"])})
+                batch.old_log_probs[part, : own.shape[1]] = own
+                mb["old_log_probs"] = own
             out = policy_loss(
                 o.name, logp, mb["old_log_probs"], mb["advantages"], mb["response_mask"],
                 loss_agg_mode=o.loss_agg_mode, kl_coef=o.kl_coef, ref_log_probs=mb["ref_log_probs"],
@@ -234,8 +246,9 @@ class Trainer:
         if self.behaviour is not None:
             self.history.append(self._snapshot())
         metrics = {k: torch.stack(v).float().mean() for k, v in collected.values.items()}
-        for key in ("ratio/max", "seq_weight/max"):
-            metrics[key] = torch.stack(collected.values[key]).max()
+        for key in ("ratio/max", "seq_weight/max", "rollout/logprob_mismatch_max"):
+            if key in collected.values:
+                metrics[key] = torch.stack(collected.values[key]).max()
         for key in ("ratio/min", "seq_weight/min"):
             metrics[key] = torch.stack(collected.values[key]).min()
         metrics["grad_norm"] = grad_norm.detach()

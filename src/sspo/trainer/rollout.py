@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..advantages import group_advantages
 from ..rewards import RewardScorer
+from ..rewards.work import work_is_consistent
 from ..tasks import Problem, format_prompt
 from ..tasks.prompts import has_chat_template
 from .policy import response_logprobs_no_grad
@@ -24,7 +25,7 @@ class RolloutBatch:
     response_ids: Tensor
     response_mask: Tensor
     old_log_probs: Tensor
-    """Behaviour policy's log-probs, recomputed with the training forward (ratios start at 1)."""
+    """Behaviour policy's log-probs: recomputed with the training forward, or the sampler's."""
     advantages: Tensor
     rewards: Tensor
     groups: Tensor | None = None
@@ -64,6 +65,18 @@ def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> 
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
+def _require_work(rewards: list[float], completions: list[str]) -> tuple[list[float], dict[str, float]]:
+    """Zero the reward of right answers whose work is inconsistent; metrics of how often that happens."""
+    consistent = [work_is_consistent(c) for c in completions]
+    checked = [r if ok else 0.0 for r, ok in zip(rewards, consistent)]
+    n = max(1, len(rewards))
+    return checked, {
+        "reward/mean": sum(checked) / n,
+        "reward/answer_mean": sum(rewards) / n,
+        "reward/bad_work_frac": sum(1 for r, ok in zip(rewards, consistent) if r > 0 and not ok) / n,
+    }
+
+
 def make_rollout(
     behaviour,
     tokenizer,
@@ -79,8 +92,13 @@ def make_rollout(
     generator: torch.Generator,
     backend: str = "auto",
     reference=None,
+    check_work: bool = False,
+    recompute: bool = True,
 ) -> RolloutBatch:
-    """Sample ``G`` responses per problem with ``behaviour``, score them, compute advantages."""
+    """Sample ``G`` responses per problem with ``behaviour``, score them, compute advantages.
+    ``check_work``: a right answer earns its reward only if its shown work is consistent
+    (:func:`sspo.rewards.work.work_is_consistent`). ``recompute``: behaviour log-probs from a no-grad
+    training forward of ``behaviour`` (else the sampler's own)."""
     prompt_ids = [ids for ids in encode_prompts(problems, tokenizer, template) for _ in range(samples_per_prompt)]
     out = sample(
         behaviour, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -90,12 +108,17 @@ def make_rollout(
     completions = decode_responses(tokenizer, out.response_ids, out.response_mask)
     references = [p.answer for p in problems for _ in range(samples_per_prompt)]
     rewards_list, reward_metrics = scorer.score_batch(completions, references)
-    rewards = torch.tensor(rewards_list, dtype=torch.float32)
+    if check_work:
+        rewards_list, work_metrics = _require_work(rewards_list, completions)
+        reward_metrics.update(work_metrics)
+    rewards = torch.tensor(rewards_list, dtype=torch.float32, device=out.response_mask.device)
     advantages, adv_metrics = group_advantages(rewards, samples_per_prompt, method=advantage)
     mask = out.response_mask
     groups = torch.arange(len(prompt_ids), device=mask.device) // samples_per_prompt
-    old = response_logprobs_no_grad(behaviour, out.input_ids, out.attention_mask, out.response_ids,
-                                    temperature=temperature, groups=groups)  # fmt: skip
+    old = out.old_log_probs
+    if recompute:
+        old = response_logprobs_no_grad(behaviour, out.input_ids, out.attention_mask, out.response_ids,
+                                        temperature=temperature, groups=groups)  # fmt: skip
     old = torch.where(mask, old, torch.zeros_like(old))
     ref = None
     if reference is not None:
@@ -104,15 +127,20 @@ def make_rollout(
     lengths = mask.sum(-1).float()
     eos = tokenizer.eos_token_id
     finished = ((out.response_ids == eos) & mask).any(-1).float() if eos is not None else torch.zeros_like(lengths)
-    mismatch = (old - out.old_log_probs).abs().masked_fill(~mask, 0).max()
     metrics = {
         **reward_metrics,
         **{k: float(v) for k, v in adv_metrics.items()},
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
         "response/finished_frac": float(finished.mean()),
-        "rollout/logprob_mismatch_max": float(mismatch),
         "rollout/tokens": float(lengths.sum()),
     }
+    if recompute:
+        metrics["rollout/logprob_mismatch_max"] = logprob_mismatch(old, out.old_log_probs, mask)
     return RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
                         groups, ref, completions, metrics)  # fmt: skip
+
+
+def logprob_mismatch(trainer_log_probs: Tensor, sampler_log_probs: Tensor, mask: Tensor) -> float:
+    """``max |log π_trainer − log π_sampler|`` over response tokens (numerical drift between the two)."""
+    return float((trainer_log_probs - sampler_log_probs).abs().masked_fill(~mask, 0).max())

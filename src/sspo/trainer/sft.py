@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import SFT_SCHEDULES
+
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = SFT_SCHEDULES
 IGNORE_INDEX = -100
 
 

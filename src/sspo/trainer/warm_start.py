@@ -27,7 +27,7 @@ def warm_start_key(config: TrainConfig) -> str:
     t, w = config.task, config.warm_start
     spec = {
         "model": config.model, "task": [t.name, t.path, t.train_split, t.train_size, t.template, t.options],
-        "warm_start": [w.steps, w.batch_size, w.lr], "seed": config.seed, "version": 1,
+        "warm_start": [w.steps, w.batch_size, w.lr, w.schedule], "seed": config.seed, "version": 1,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -55,7 +55,8 @@ def prepare_model(config: TrainConfig, *, dtype=None, device="cpu", log=print):
         raise ValueError(f"warm_start: task {t.name!r} has no worked solutions to fine-tune on")
     log(f"warm start: {w.steps} supervised steps on {len(pairs)} worked solutions (cached in {path})")
     start = time.perf_counter()
-    result = sft_train(model, tokenizer, pairs, steps=w.steps, batch_size=w.batch_size, lr=w.lr, seed=config.seed)
+    result = sft_train(model, tokenizer, pairs, steps=w.steps, batch_size=w.batch_size, lr=w.lr, seed=config.seed,
+                        schedule=w.schedule)
     info = {"steps": result["steps"], "loss": result["loss"], "seconds": time.perf_counter() - start}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
