@@ -64,8 +64,9 @@ def unsupported_reason(model: nn.Module, max_length: int | None = None) -> str |
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """``weight * x / sqrt(mean(x^2) + eps)``, normalising in float32 like HF's RMSNorm."""
-    if x.dtype == torch.float32:
+    """``weight * x / sqrt(mean(x^2) + eps)``, normalising in at least float32 (HF's RMSNorm uses
+    exactly float32, also for float64 inputs; here float64 stays float64)."""
+    if x.dtype in (torch.float32, torch.float64):
         return F.rms_norm(x, x.shape[-1:], weight, eps)
     return weight * F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
 

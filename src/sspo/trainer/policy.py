@@ -13,10 +13,22 @@ response tokens run per row. For G samples per prompt this removes most of the p
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache
 
 from ..logprobs import token_logprobs_from_hidden
+from ..models.fast_decoder import _FUSE_MAX_BYTES, _Layer, _rms_norm, unsupported_reason
+
+
+def lean_forward_ok(model: nn.Module) -> bool:
+    """Whether :func:`_lean_hidden_states` serves ``model``: a Qwen2/Llama model the lean decoder
+    supports, small enough (≤ 256 MiB) that concatenating its projection weights per forward is cheap,
+    in eval mode (no dropout) and not configured otherwise (``model.sspo_lean_forward = False``)."""
+    if not getattr(model, "sspo_lean_forward", True) or model.training:
+        return False
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return size <= _FUSE_MAX_BYTES and unsupported_reason(model) is None
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
@@ -24,17 +36,95 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _group_index(groups: Tensor) -> tuple[Tensor, Tensor]:
+    """``(first, inverse)``: the first row of each distinct group, and each row's group position."""
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    first = torch.full((len(unique),), len(groups), dtype=torch.long, device=groups.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(groups), device=groups.device), "amin")
+    return first, inverse
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x·cos + rotate_half(x)·sin`` with the sign of ``rotate_half`` folded into ``sin``."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+def _lean_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, width: int,
+                        groups: Tensor | None) -> Tensor:  # fmt: skip
+    """:func:`_hidden_states` for small Qwen2/Llama models in a few torch ops per layer.
+
+    The maths of :mod:`sspo.models.fast_decoder` (fused q/k/v and gate/up projections, whose
+    concatenated weights stay in the autograd graph), with autograd: one pass over each distinct
+    prompt (causal, left padding masked), then one over every row's response tokens attending to
+    its prompt's keys/values and causally to its own tokens. No cache objects, masks built once.
+    """
+    base = model.model
+    n, total = input_ids.shape
+    start = total - width
+    first, inverse = _group_index(groups) if groups is not None else (torch.arange(n, device=input_ids.device),) * 2
+    positions = position_ids(attention_mask)
+    valid = attention_mask[first, :start].bool()
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv = config.num_key_value_heads
+    rotary = base.rotary_emb
+    sign = torch.ones(head_dim, device=input_ids.device)
+    sign[: head_dim // 2] = -1.0
+    scale = float(getattr(rotary, "attention_scaling", 1.0))
+
+    def tables(pos: Tensor) -> tuple[Tensor, Tensor]:
+        freqs = pos[..., None].float() * rotary.inv_freq.to(pos.device, torch.float32)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        dtype = base.embed_tokens.weight.dtype
+        return (emb.cos() * scale).to(dtype)[:, :, None], (emb.sin() * scale * sign).to(dtype)[:, :, None]
+
+    def qkv(layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        out = F.linear(_rms_norm(x, layer.norm1, layer.eps), layer.qkv_w, layer.qkv_b).view(b, t, heads + 2 * kv, -1)
+        qk = _rope(out[:, :, : heads + kv], cos, sin)
+        return (qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2),
+                out[:, :, heads + kv :].transpose(1, 2))  # fmt: skip
+
+    def block(layer: _Layer, x: Tensor, attended: Tensor) -> Tensor:
+        x = x + F.linear(attended.transpose(1, 2).reshape(*x.shape[:2], -1), layer.o_w, layer.o_b)
+        return x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
+
+    p_cos, p_sin = tables(positions[first, :start])
+    r_cos, r_sin = tables(positions[:, start:-1])
+    eye = torch.eye(start, dtype=torch.bool, device=input_ids.device)
+    prompt_mask = ((eye.cumsum(0).bool() & valid[:, None, :]) | eye)[:, None]  # causal, padding masked
+    r = width - 1
+    response_mask = torch.cat([valid[inverse][:, None, :].expand(n, r, start),
+                               torch.ones(r, r, dtype=torch.bool, device=input_ids.device).tril().expand(n, r, r)],
+                              dim=-1)[:, None]  # fmt: skip
+    embed = base.embed_tokens.weight
+    xp, xr = F.embedding(input_ids[first, :start], embed), F.embedding(input_ids[:, start:-1], embed)
+    for module in base.layers:
+        layer = _Layer(module, head_dim**-0.5, fuse=True)
+        q, k, v = qkv(layer, xp, p_cos, p_sin)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=prompt_mask, scale=1.0, enable_gqa=heads != kv)
+        if r:
+            qr, kr, vr = qkv(layer, xr, r_cos, r_sin)
+            keys, values = torch.cat([k[inverse], kr], dim=2), torch.cat([v[inverse], vr], dim=2)
+            xr = block(layer, xr, F.scaled_dot_product_attention(qr, keys, values, attn_mask=response_mask, scale=1.0,
+                                                                 enable_gqa=heads != kv))  # fmt: skip
+        xp = block(layer, xp, attended)
+    hidden = torch.cat([xp[inverse, -1:], xr], dim=1)
+    return _rms_norm(hidden, base.norm.weight, getattr(base.norm, "variance_epsilon", getattr(base.norm, "eps", 1e-6)))
+
+
 def _hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, width: int, groups: Tensor | None):
     """Final hidden states ``[N, width, H]`` that predict the last ``width`` tokens of ``input_ids``."""
+    if lean_forward_ok(model):
+        return _lean_hidden_states(model, input_ids, attention_mask, width, groups)
     decoder = model.get_decoder()
     positions = position_ids(attention_mask)
     start = input_ids.shape[1] - width
     if groups is None:
         return decoder(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                        position_ids=positions[:, :-1], use_cache=False).last_hidden_state[:, start - 1 :]  # fmt: skip
-    unique, inverse = torch.unique(groups, return_inverse=True)
-    first = torch.full((len(unique),), len(groups), dtype=torch.long, device=groups.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(groups), device=groups.device), "amin")
+    first, inverse = _group_index(groups)
     cache = DynamicCache(config=model.config)
     prompt = decoder(input_ids=input_ids[first, :start], attention_mask=attention_mask[first, :start],
                      position_ids=positions[first, :start], past_key_values=cache, use_cache=True)  # fmt: skip
