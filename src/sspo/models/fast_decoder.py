@@ -13,6 +13,10 @@ Attention is grouped-query (query head ``j`` reads key/value head ``j // (heads 
 ``repeat_kv``), RoPE uses the model's own inverse frequencies (hence ``rope_theta`` and static scaling
 variants), and left padding is handled with explicit per-row positions and a key mask. Keys and values
 live in a cache preallocated for ``batch_size x max_length``; no dropout is applied (eval semantics).
+
+When rows share prompts (the G samples of a GRPO group), each prompt's keys and values are kept once
+and the cache holds only the responses: a decode step attends to a prompt with one matrix product for
+all of its rows (laid out ``[prompts, rows per prompt]``), reading the prompt once instead of G times.
 """
 
 from __future__ import annotations
@@ -140,6 +144,7 @@ class FastDecoder:
         # Additive key mask over cache slots: -inf on left padding, 0 elsewhere.
         self.key_mask = torch.zeros(batch_size, 1, 1, max_length, device=self.device, dtype=self.dtype)
         self.length = 0
+        self.shared = False
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)
 
     def _build_rope(self, rotary: nn.Module, max_length: int) -> None:
@@ -184,6 +189,18 @@ class FastDecoder:
         valid = attention_mask.to(torch.bool)
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]
+        # Shared prompts (u < N rows): keys/values kept once per prompt, the cache holds responses only.
+        self.shared = u < rows.shape[0]
+        if self.shared:
+            shape = (len(self.layers), u, self.num_kv_heads, p, self.head_dim)
+            self.prompt_k = torch.empty(shape, device=self.device, dtype=self.dtype)
+            self.prompt_v = torch.empty(shape, device=self.device, dtype=self.dtype)
+            self.prompt_mask = torch.zeros(u, 1, 1, p, device=self.device, dtype=self.dtype)
+            self.prompt_mask[:, 0, 0].masked_fill_(~valid, float("-inf"))
+            self._set_rows(rows)
+            cache = (len(self.layers), rows.shape[0], self.num_kv_heads, self.max_length - p, self.head_dim)
+            self.k_cache = torch.zeros(cache, device=self.device, dtype=self.dtype)
+            self.v_cache = torch.zeros(cache, device=self.device, dtype=self.dtype)
         self.key_mask.zero_()
         self.key_mask[:, 0, 0, :p].masked_fill_(~valid[rows], float("-inf"))
         causal = torch.ones(p, p, dtype=torch.bool, device=self.device).tril()
@@ -194,8 +211,11 @@ class FastDecoder:
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
-            self.k_cache[index, :, :, :p] = k[rows]
-            self.v_cache[index, :, :, :p] = v[rows]
+            if self.shared:
+                self.prompt_k[index], self.prompt_v[index] = k, v
+            else:
+                self.k_cache[index, :, :, :p] = k[rows]
+                self.v_cache[index, :, :, :p] = v[rows]
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed, scale=1.0,
                                                  enable_gqa=self.group > 1)
             x = x + F.linear(out.transpose(1, 2).reshape(u, p, -1), layer.o_w, layer.o_b)
@@ -204,6 +224,18 @@ class FastDecoder:
         self.positions = positions[rows, -1] + 1
         return self._head(x if all_logits else x[:, -1])[rows]
 
+    def _set_rows(self, rows: Tensor) -> None:
+        """Each row's prompt and its slot among its prompt's rows: the padded ``[U, slots]`` layout in
+        which the rows of one prompt attend to its keys with one matrix product."""
+        self.rows = rows
+        order = torch.argsort(rows, stable=True)
+        counts = torch.bincount(rows, minlength=self.prompt_k.shape[1])
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(rows)
+        slot[order] = torch.arange(len(rows), device=rows.device) - starts[rows[order]]
+        self.slot = slot
+        self.slots = int(counts.max())
+
     def select_rows(self, index: Tensor) -> None:
         """Keep only batch rows ``index`` (e.g. the unfinished ones), shrinking all later work."""
         self.k_cache = self.k_cache[:, index]
@@ -211,6 +243,26 @@ class FastDecoder:
         self.key_mask = self.key_mask[index]
         self.positions = self.positions[index]
         self.batch_size = int(index.shape[0])
+        if self.shared:
+            self._set_rows(self.rows[index])
+
+    def _prompt_scores(self, q: Tensor, index: int) -> Tensor:
+        """``q [N, kv, g, d]`` against each row's shared prompt keys: scores ``[N, kv, g, P]``."""
+        u, kv, g, d = self.prompt_k.shape[1], self.num_kv_heads, self.group, self.head_dim
+        padded = q.new_zeros(u, self.slots, kv, g, d)
+        padded[self.rows, self.slot] = q
+        padded = padded.permute(0, 2, 1, 3, 4).reshape(u, kv, self.slots * g, d)
+        scores = torch.matmul(padded, self.prompt_k[index].transpose(-1, -2)) + self.prompt_mask
+        return scores.view(u, kv, self.slots, g, -1).permute(0, 2, 1, 3, 4)[self.rows, self.slot]
+
+    def _prompt_values(self, probs: Tensor, index: int) -> Tensor:
+        """Attention weights ``[N, kv, g, P]`` over each row's shared prompt values: ``[N, kv, g, d]``."""
+        u, kv, g, p = self.prompt_v.shape[1], self.num_kv_heads, self.group, probs.shape[-1]
+        padded = probs.new_zeros(u, self.slots, kv, g, p)
+        padded[self.rows, self.slot] = probs
+        padded = padded.permute(0, 2, 1, 3, 4).reshape(u, kv, self.slots * g, p)
+        out = torch.matmul(padded, self.prompt_v[index])
+        return out.view(u, kv, self.slots, g, -1).permute(0, 2, 1, 3, 4)[self.rows, self.slot]
 
     def step(self, tokens: Tensor) -> Tensor:
         """Append one token per row ``[N]``; return next-token logits ``[N, V]``."""
@@ -221,15 +273,25 @@ class FastDecoder:
         cos, sin = self.cos[self.positions][:, None, None], self.sin[self.positions][:, None, None]
         key_mask = self.key_mask[..., : slot + 1]
         x = F.embedding(tokens[:, None], self.embed)
+        first = self.prompt_k.shape[3] if self.shared else 0  # position of the cache's slot 0
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
-            keys, values = self.k_cache[index, :, :, : slot + 1], self.v_cache[index, :, :, : slot + 1]
-            keys[:, :, slot] = k[:, 0]
-            values[:, :, slot] = v[:, 0]
+            q = q.reshape(n, kv, g, d)
+            keys = self.k_cache[index, :, :, : slot - first + 1]
+            values = self.v_cache[index, :, :, : slot - first + 1]
+            keys[:, :, slot - first] = k[:, 0]
+            values[:, :, slot - first] = v[:, 0]
             # Grouped-query attention without repeating keys: [N, kv, g, d] @ [N, kv, d, S].
-            scores = torch.matmul(q.reshape(n, kv, g, d), keys.transpose(-1, -2)) + key_mask
+            scores = torch.matmul(q, keys.transpose(-1, -2))
+            if self.shared:
+                scores = torch.cat([self._prompt_scores(q, index), scores], dim=-1)
+            else:
+                scores = scores + key_mask
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
-            out = torch.matmul(probs, values)
+            if self.shared:
+                out = self._prompt_values(probs[..., :first], index) + torch.matmul(probs[..., first:], values)
+            else:
+                out = torch.matmul(probs, values)
             x = x + F.linear(out.view(n, 1, -1), layer.o_w, layer.o_b)
             x = x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
         self.length = slot + 1
