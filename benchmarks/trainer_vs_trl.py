@@ -6,7 +6,7 @@ The same step in both: the built-in tiny model (~0.8M-parameter Qwen2, character
 seed-0 weights in fp32), the synthetic task's prompts as raw ``"question\\n"`` text (the very same
 prompts, in the same order), 8 prompts x 8 samples = 64 completions of at most 64 new tokens at
 temperature 1.0, the rewards of :class:`sspo.rewards.RewardScorer`, std-normalised group advantages,
-behaviour log-probs recomputed after generation, then 4 AdamW updates of 16 completions each
+behaviour log-probs, then 4 AdamW updates of 16 completions each
 (betas (0.9, 0.99), gradient clipping 1.0, constant schedule, clipped GRPO loss with eps 0.2 averaged
 per sequence, entropies computed, no KL, no reference model). The learning rate (``--lr``, default 1e-5)
 does not change the arithmetic; a small one keeps both policies near their common initial weights, so
@@ -23,6 +23,12 @@ TRL recomputes the old log-probs after generation, as this trainer does. Also ``
 ``beta=0``, ``bf16=False`` and ``gradient_checkpointing=False`` (GRPOConfig defaults both to True; a
 0.8M model needs neither), ``shuffle_dataset=False`` (the dataset is this trainer's prompt order), and
 no logging, reporting, evaluation or saving.
+
+Behaviour log-probs: TRL recomputes them after generation (a forward over all 64 completions; its
+``generate`` returns none). This trainer, in float32, by default takes the ones its sampler computed
+anyway (``update.old_logprobs=auto``; they agree with the training forward to ~1e-5) and the first
+mini-batch's own detached log-probs, so its first update's ratios are exactly 1. ``--old-logprobs
+recompute`` makes it recompute them as TRL does, for a same-arithmetic comparison.
 
 Measurement: TRL's ``trainer.train()`` drives the run; a callback runs one step of this trainer after
 each of TRL's generation batches (every 4th ``global_step``), so the two alternate step by step and
@@ -58,10 +64,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps torch's default")
     parser.add_argument("--lr", type=float, default=1e-5, help="learning rate of both (no effect on the arithmetic)")
     parser.add_argument("--quick", action="store_true", help="2 timed steps (a smoke run)")
+    parser.add_argument("--old-logprobs", default="auto", choices=("auto", "recompute", "sampler"),
+                        help="this trainer's update.old_logprobs (TRL always recomputes)")
     return parser.parse_args()
 
 
-def our_trainer(out_dir: Path, total_steps: int, lr: float):
+def our_trainer(out_dir: Path, total_steps: int, lr: float, old_logprobs: str = "auto"):
     from sspo.trainer import Trainer, load_config
 
     config = load_config(None, [
@@ -69,7 +77,7 @@ def our_trainer(out_dir: Path, total_steps: int, lr: float):
         f"rollout.prompts_per_step={PROMPTS}", f"rollout.samples_per_prompt={GENERATIONS}",
         f"rollout.max_new_tokens={MAX_NEW_TOKENS}", "rollout.temperature=1.0", f"update.mini_batches={MINI_BATCHES}",
         "objective.name=grpo", f"optim.lr={lr}", "eval.num_problems=4", "progress=false", "dtype=float32",
-        "device=cpu", f"steps={total_steps}", f"out_dir={out_dir}",
+        "device=cpu", f"steps={total_steps}", f"out_dir={out_dir}", f"update.old_logprobs={old_logprobs}",
     ])  # fmt: skip
     return Trainer(config, log=lambda *a, **k: None)
 
@@ -162,7 +170,7 @@ def main() -> None:
 
     ours_rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        ours = our_trainer(Path(tmp) / "sspo", total, args.lr)
+        ours = our_trainer(Path(tmp) / "sspo", total, args.lr, args.old_logprobs)
 
         def our_step(step: int) -> None:
             start = time.perf_counter()
@@ -186,7 +194,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {__import__('trl').__version__}, "
           f"{torch.get_num_threads()} torch threads; {steps} timed steps each (+{args.warmup} warm-up), "
           f"interleaved; one step = {PROMPTS}x{GENERATIONS} completions of <= {MAX_NEW_TOKENS} tokens "
-          f"+ {MINI_BATCHES} updates of {BATCH // MINI_BATCHES}")  # fmt: skip
+          f"+ {MINI_BATCHES} updates of {BATCH // MINI_BATCHES}; sspo old log-probs: "
+          f"{'recompute' if ours.recompute_old else 'sampler'}")  # fmt: skip
     timed_ours = ours_rows[args.warmup :]
     rollout = statistics.median(r["rollout_s"] for r in timed_ours)
     update = statistics.median(r["update_s"] for r in timed_ours)
