@@ -6,7 +6,8 @@ Two workloads, each one RL step of ``--num-seqs`` completions of up to ``--new-t
 - ``grpo``: ``--num-seqs / --group-size`` prompts of 80-100 tokens, each sampled ``--group-size`` times,
   with ``--stop-tokens`` token ids acting as EOS so responses end at different lengths (the random
   model samples near-uniformly; 3 of 99 ids give a mean length of about 28 of 64). The fast back-end
-  prefills each distinct prompt once and drops finished rows; the HF back-end does neither.
+  prefills each distinct prompt once, keeps its keys/values once for the whole group and drops finished
+  rows; the HF back-end does none of these.
 
 ``model.generate`` is timed on ``distinct`` as a reference. Threads: with 2 cores shared by other
 processes, torch's intra-op threads oversubscribe and every op slows down several-fold, so the
