@@ -235,6 +235,8 @@ class FastDecoder:
         slot[order] = torch.arange(len(rows), device=rows.device) - starts[rows[order]]
         self.slot = slot
         self.slots = int(counts.max())
+        # rows in prompt order, the same number per prompt: the padded layout is a view of the rows
+        self.uniform = bool((counts == self.slots).all()) and bool((order == torch.arange(len(rows))).all())
 
     def select_rows(self, index: Tensor) -> None:
         """Keep only batch rows ``index`` (e.g. the unfinished ones), shrinking all later work."""
@@ -249,20 +251,30 @@ class FastDecoder:
     def _prompt_scores(self, q: Tensor, index: int) -> Tensor:
         """``q [N, kv, g, d]`` against each row's shared prompt keys: scores ``[N, kv, g, P]``."""
         u, kv, g, d = self.prompt_k.shape[1], self.num_kv_heads, self.group, self.head_dim
-        padded = q.new_zeros(u, self.slots, kv, g, d)
-        padded[self.rows, self.slot] = q
-        padded = padded.permute(0, 2, 1, 3, 4).reshape(u, kv, self.slots * g, d)
+        padded = self._pad(q, (u, self.slots, kv, g, d)).permute(0, 2, 1, 3, 4).reshape(u, kv, self.slots * g, d)
         scores = torch.matmul(padded, self.prompt_k[index].transpose(-1, -2)) + self.prompt_mask
-        return scores.view(u, kv, self.slots, g, -1).permute(0, 2, 1, 3, 4)[self.rows, self.slot]
+        return self._unpad(scores.view(u, kv, self.slots, g, -1).permute(0, 2, 1, 3, 4))
+
+    def _pad(self, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Per-row ``[N, …]`` to the padded ``[U, slots, …]`` layout."""
+        if self.uniform:
+            return rows.view(shape)
+        padded = rows.new_zeros(shape)
+        padded[self.rows, self.slot] = rows
+        return padded
+
+    def _unpad(self, padded: Tensor) -> Tensor:
+        """Padded ``[U, slots, …]`` back to per-row ``[N, …]``."""
+        if self.uniform:
+            return padded.reshape(-1, *padded.shape[2:])
+        return padded[self.rows, self.slot]
 
     def _prompt_values(self, probs: Tensor, index: int) -> Tensor:
         """Attention weights ``[N, kv, g, P]`` over each row's shared prompt values: ``[N, kv, g, d]``."""
         u, kv, g, p = self.prompt_v.shape[1], self.num_kv_heads, self.group, probs.shape[-1]
-        padded = probs.new_zeros(u, self.slots, kv, g, p)
-        padded[self.rows, self.slot] = probs
-        padded = padded.permute(0, 2, 1, 3, 4).reshape(u, kv, self.slots * g, p)
+        padded = self._pad(probs, (u, self.slots, kv, g, p)).permute(0, 2, 1, 3, 4).reshape(u, kv, self.slots * g, p)
         out = torch.matmul(padded, self.prompt_v[index])
-        return out.view(u, kv, self.slots, g, -1).permute(0, 2, 1, 3, 4)[self.rows, self.slot]
+        return self._unpad(out.view(u, kv, self.slots, g, -1).permute(0, 2, 1, 3, 4))
 
     def step(self, tokens: Tensor) -> Tensor:
         """Append one token per row ``[N]``; return next-token logits ``[N, V]``."""
