@@ -1,6 +1,6 @@
 """The ``sspo`` command line. Arguments are parsed before torch is imported, so ``--help`` is fast.
 
-    sspo demo [--out DIR]                         tiny model, warm start, SSPO, before/after table
+    sspo demo [--out DIR] [--control]             tiny model, warm start, SSPO, before/after table
     sspo train --config FILE [section.field=value ...]
     sspo resume RUN_DIR
     sspo eval --model PATH_OR_RUN_DIR [--task ...]
@@ -20,7 +20,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train the built-in tiny model with SSPO on CPU in minutes",
                        description="Build the tiny model, warm-start it (cached), evaluate, train with SSPO, "
                                    "evaluate again; print a before/after table and write plots.")  # fmt: skip
-    p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/demo-<date>-<time>, a new one each run)")
     p.add_argument("--objective", default=None, help="objective to train with (default: the preset's, sspo)")
     p.add_argument("--control", action="store_true",
                    help="also continue supervised training from the same start for the same wall time")  # fmt: skip
