@@ -91,25 +91,33 @@ def _lean_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Ten
         return x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
 
     p_cos, p_sin = tables(positions[first, :start])
-    r_cos, r_sin = tables(positions[:, start:-1])
     eye = torch.eye(start, dtype=torch.bool, device=input_ids.device)
     prompt_mask = ((eye.cumsum(0).bool() & valid[:, None, :]) | eye)[:, None]  # causal, padding masked
     r = width - 1
+    # Response tokens run packed (padding dropped) through the per-token layers; only attention
+    # sees the [N, r] layout. Padding positions stay zero and are never attended to.
+    real = attention_mask[:, start:-1].bool()
+    tokens = real.nonzero(as_tuple=True)
     response_mask = torch.cat([valid[inverse][:, None, :].expand(n, r, start),
-                               torch.ones(r, r, dtype=torch.bool, device=input_ids.device).tril().expand(n, r, r)],
+                               torch.ones(r, r, dtype=torch.bool, device=input_ids.device).tril() & real[:, None, :]],
                               dim=-1)[:, None]  # fmt: skip
+    r_cos, r_sin = (t[tokens] for t in tables(positions[:, start:-1]))
     embed = base.embed_tokens.weight
-    xp, xr = F.embedding(input_ids[first, :start], embed), F.embedding(input_ids[:, start:-1], embed)
+    xp, xr = F.embedding(input_ids[first, :start], embed), F.embedding(input_ids[:, start:-1][tokens], embed)
     for module in base.layers:
         layer = _Layer(module, head_dim**-0.5, fuse=True)
         q, k, v = qkv(layer, xp, p_cos, p_sin)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=prompt_mask, scale=1.0, enable_gqa=heads != kv)
         if r:
-            qr, kr, vr = qkv(layer, xr, r_cos, r_sin)
+            packed = torch.cat(qkv(layer, xr[None], r_cos[None], r_sin[None]), dim=1)[0].transpose(0, 1)
+            dense = packed.new_zeros(n, r, *packed.shape[1:]).index_put(tokens, packed).transpose(1, 2)
+            qr, kr, vr = dense.split([heads, kv, kv], dim=1)
             keys, values = torch.cat([k[inverse], kr], dim=2), torch.cat([v[inverse], vr], dim=2)
-            xr = block(layer, xr, F.scaled_dot_product_attention(qr, keys, values, attn_mask=response_mask, scale=1.0,
-                                                                 enable_gqa=heads != kv))  # fmt: skip
+            out = F.scaled_dot_product_attention(qr, keys, values, attn_mask=response_mask, scale=1.0,
+                                                 enable_gqa=heads != kv)  # fmt: skip
+            xr = block(layer, xr[None], out.transpose(1, 2)[tokens].transpose(0, 1)[None])[0]
         xp = block(layer, xp, attended)
+    xr = xr.new_zeros(n, r, xr.shape[-1]).index_put(tokens, xr)
     hidden = torch.cat([xp[inverse, -1:], xr], dim=1)
     return _rms_norm(hidden, base.norm.weight, getattr(base.norm, "variance_epsilon", getattr(base.norm, "eps", 1e-6)))
 
