@@ -28,7 +28,7 @@ from torch import Tensor, nn
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 _UNSUPPORTED_ROPE_TYPES = ("dynamic", "longrope")
 # Fuse q/k/v and gate/up weights into one matrix only while the copies are cheap.
-_FUSE_MAX_BYTES = 256 * 2**20
+FUSE_MAX_BYTES = 256 * 2**20
 
 
 def unsupported_reason(model: nn.Module, max_length: int | None = None) -> str | None:
@@ -67,7 +67,29 @@ def unsupported_reason(model: nn.Module, max_length: int | None = None) -> str |
     return None
 
 
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def fusable(model: nn.Module) -> bool:
+    """Whether ``model``'s weights are small enough (≤ ``FUSE_MAX_BYTES``) to copy into fused matrices."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) <= FUSE_MAX_BYTES
+
+
+def rope_tables(rotary: nn.Module, head_dim: int, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` of shape ``positions.shape + (head_dim,)`` from the model's own inverse frequencies
+    and attention scaling, with the sign of ``rotate_half`` folded into ``sin`` (see :func:`apply_rope`)."""
+    inv_freq = rotary.inv_freq.to(device=positions.device, dtype=torch.float32)
+    scale = float(getattr(rotary, "attention_scaling", 1.0))
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    sign = torch.ones(head_dim, device=positions.device)
+    sign[: head_dim // 2] = -1.0
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale * sign).to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x * cos + rotate_half(x) * sin``; ``rotate_half(x) = cat(-x2, x1)`` = roll(x) with signed sin."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """``weight * x / sqrt(mean(x^2) + eps)``, normalising in at least float32 (HF's RMSNorm uses
     exactly float32, also for float64 inputs; here float64 stays float64)."""
     if x.dtype in (torch.float32, torch.float64):
@@ -75,7 +97,7 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
 
 
-class _Layer:
+class LayerWeights:
     """Weights of one decoder layer, as plain tensors (fused when cheap)."""
 
     def __init__(self, layer: nn.Module, scaling: float, fuse: bool):
@@ -130,14 +152,15 @@ class FastDecoder:
         self.batch_size, self.max_length = batch_size, max_length
         param = base.embed_tokens.weight
         self.device, self.dtype = param.device, param.dtype
-        fuse = sum(p.numel() * p.element_size() for p in model.parameters()) <= _FUSE_MAX_BYTES
+        fuse = fusable(model)
         with torch.no_grad():
             self.embed = base.embed_tokens.weight
-            self.layers = [_Layer(layer, self.head_dim**-0.5, fuse) for layer in base.layers]
+            self.layers = [LayerWeights(layer, self.head_dim**-0.5, fuse) for layer in base.layers]
             self.final_norm = base.norm.weight
             self.final_eps = getattr(base.norm, "variance_epsilon", getattr(base.norm, "eps", 1e-6))
             self.lm_head = model.get_output_embeddings().weight
-            self._build_rope(base.rotary_emb, max_length)
+            positions = torch.arange(max_length, device=self.device)
+            self.cos, self.sin = rope_tables(base.rotary_emb, self.head_dim, positions, self.dtype)
         shape = (len(self.layers), batch_size, self.num_kv_heads, max_length, self.head_dim)
         self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
@@ -147,32 +170,16 @@ class FastDecoder:
         self.shared = False
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)
 
-    def _build_rope(self, rotary: nn.Module, max_length: int) -> None:
-        """Tables ``cos[pos]`` and ``sin[pos]`` with the sign of rotate_half folded into ``sin``."""
-        inv_freq = rotary.inv_freq.to(device=self.device, dtype=torch.float32)
-        scale = float(getattr(rotary, "attention_scaling", 1.0))
-        freqs = torch.arange(max_length, device=self.device, dtype=torch.float32)[:, None] * inv_freq
-        emb = torch.cat([freqs, freqs], dim=-1)
-        half = self.head_dim // 2
-        sign = torch.ones(self.head_dim, device=self.device)
-        sign[:half] = -1.0
-        self.cos = (emb.cos() * scale).to(self.dtype)
-        self.sin = (emb.sin() * scale * sign).to(self.dtype)
-
-    def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """``x * cos + rotate_half(x) * sin``; ``rotate_half(x) = cat(-x2, x1)`` = roll(x) with signed sin."""
-        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, dims=-1), sin)
-
-    def _qkv(self, layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, layer: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project ``x [N, T, H]`` to rotated ``q [N, T, heads, d]``, ``k [N, T, kv, d]`` and ``v``."""
         n, t, _ = x.shape
-        qkv = F.linear(_rms_norm(x, layer.norm1, layer.eps), layer.qkv_w, layer.qkv_b)
+        qkv = F.linear(rms_norm(x, layer.norm1, layer.eps), layer.qkv_w, layer.qkv_b)
         qkv = qkv.view(n, t, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        qk = self._rope(qkv[:, :, : self.num_heads + self.num_kv_heads], cos, sin)
+        qk = apply_rope(qkv[:, :, : self.num_heads + self.num_kv_heads], cos, sin)
         return qk[:, :, : self.num_heads], qk[:, :, self.num_heads :], qkv[:, :, self.num_heads + self.num_kv_heads :]
 
     def _head(self, hidden: Tensor) -> Tensor:
-        return F.linear(_rms_norm(hidden, self.final_norm, self.final_eps), self.lm_head)
+        return F.linear(rms_norm(hidden, self.final_norm, self.final_eps), self.lm_head)
 
     def prefill(self, input_ids: Tensor, attention_mask: Tensor, rows: Tensor | None = None,
                 all_logits: bool = False) -> Tensor:
@@ -219,7 +226,7 @@ class FastDecoder:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed, scale=1.0,
                                                  enable_gqa=self.group > 1)
             x = x + F.linear(out.transpose(1, 2).reshape(u, p, -1), layer.o_w, layer.o_b)
-            x = x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
+            x = x + layer.mlp(rms_norm(x, layer.norm2, layer.eps))
         self.length = p
         self.positions = positions[rows, -1] + 1
         return self._head(x if all_logits else x[:, -1])[rows]
@@ -305,7 +312,7 @@ class FastDecoder:
             else:
                 out = torch.matmul(probs, values)
             x = x + F.linear(out.view(n, 1, -1), layer.o_w, layer.o_b)
-            x = x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
+            x = x + layer.mlp(rms_norm(x, layer.norm2, layer.eps))
         self.length = slot + 1
         self.positions += 1
         return self._head(x[:, 0])

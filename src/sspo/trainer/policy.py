@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from ..logprobs import token_logprobs_from_hidden
-from ..models.fast_decoder import _FUSE_MAX_BYTES, _Layer, _rms_norm, unsupported_reason
+from ..models.fast_decoder import LayerWeights, apply_rope, fusable, rms_norm, rope_tables, unsupported_reason
 
 
 def lean_forward_ok(model: nn.Module) -> bool:
@@ -27,8 +27,7 @@ def lean_forward_ok(model: nn.Module) -> bool:
     in eval mode (no dropout) and not configured otherwise (``model.sspo_lean_forward = False``)."""
     if not getattr(model, "sspo_lean_forward", True) or model.training:
         return False
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return size <= _FUSE_MAX_BYTES and unsupported_reason(model) is None
+    return fusable(model) and unsupported_reason(model) is None
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
@@ -42,11 +41,6 @@ def _group_index(groups: Tensor) -> tuple[Tensor, Tensor]:
     first = torch.full((len(unique),), len(groups), dtype=torch.long, device=groups.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(groups), device=groups.device), "amin")
     return first, inverse
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """``x·cos + rotate_half(x)·sin`` with the sign of ``rotate_half`` folded into ``sin``."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 def _lean_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, width: int,
@@ -68,27 +62,21 @@ def _lean_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Ten
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv = config.num_key_value_heads
-    rotary = base.rotary_emb
-    sign = torch.ones(head_dim, device=input_ids.device)
-    sign[: head_dim // 2] = -1.0
-    scale = float(getattr(rotary, "attention_scaling", 1.0))
 
     def tables(pos: Tensor) -> tuple[Tensor, Tensor]:
-        freqs = pos[..., None].float() * rotary.inv_freq.to(pos.device, torch.float32)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        dtype = base.embed_tokens.weight.dtype
-        return (emb.cos() * scale).to(dtype)[:, :, None], (emb.sin() * scale * sign).to(dtype)[:, :, None]
+        cos, sin = rope_tables(base.rotary_emb, head_dim, pos, base.embed_tokens.weight.dtype)
+        return cos[:, :, None], sin[:, :, None]
 
-    def qkv(layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv(layer: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, t, _ = x.shape
-        out = F.linear(_rms_norm(x, layer.norm1, layer.eps), layer.qkv_w, layer.qkv_b).view(b, t, heads + 2 * kv, -1)
-        qk = _rope(out[:, :, : heads + kv], cos, sin)
+        out = F.linear(rms_norm(x, layer.norm1, layer.eps), layer.qkv_w, layer.qkv_b).view(b, t, heads + 2 * kv, -1)
+        qk = apply_rope(out[:, :, : heads + kv], cos, sin)
         return (qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2),
                 out[:, :, heads + kv :].transpose(1, 2))  # fmt: skip
 
-    def block(layer: _Layer, x: Tensor, attended: Tensor) -> Tensor:
+    def block(layer: LayerWeights, x: Tensor, attended: Tensor) -> Tensor:
         x = x + F.linear(attended.transpose(1, 2).reshape(*x.shape[:2], -1), layer.o_w, layer.o_b)
-        return x + layer.mlp(_rms_norm(x, layer.norm2, layer.eps))
+        return x + layer.mlp(rms_norm(x, layer.norm2, layer.eps))
 
     p_cos, p_sin = tables(positions[first, :start])
     eye = torch.eye(start, dtype=torch.bool, device=input_ids.device)
@@ -105,7 +93,7 @@ def _lean_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Ten
     embed = base.embed_tokens.weight
     xp, xr = F.embedding(input_ids[first, :start], embed), F.embedding(input_ids[:, start:-1][tokens], embed)
     for module in base.layers:
-        layer = _Layer(module, head_dim**-0.5, fuse=True)
+        layer = LayerWeights(module, head_dim**-0.5, fuse=True)
         q, k, v = qkv(layer, xp, p_cos, p_sin)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=prompt_mask, scale=1.0, enable_gqa=heads != kv)
         if r:
@@ -119,7 +107,7 @@ def _lean_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Ten
         xp = block(layer, xp, attended)
     xr = xr.new_zeros(n, r, xr.shape[-1]).index_put(tokens, xr)
     hidden = torch.cat([xp[inverse, -1:], xr], dim=1)
-    return _rms_norm(hidden, base.norm.weight, getattr(base.norm, "variance_epsilon", getattr(base.norm, "eps", 1e-6)))
+    return rms_norm(hidden, base.norm.weight, getattr(base.norm, "variance_epsilon", getattr(base.norm, "eps", 1e-6)))
 
 
 def _hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, width: int, groups: Tensor | None):
