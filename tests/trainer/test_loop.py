@@ -150,3 +150,20 @@ def test_behaviour_logprob_sources_start_on_policy(tmp_path, source):
 def test_auto_recomputes_behaviour_logprobs_only_outside_float32(tmp_path):
     assert not Trainer(tiny_config(tmp_path / "a"), log=lambda *a: None).recompute_old
     assert Trainer(tiny_config(tmp_path / "b", "dtype=bfloat16"), log=lambda *a: None).recompute_old
+
+
+def test_resume_after_the_final_evaluation_was_logged_does_not_log_it_twice(tmp_path):
+    import shutil
+
+    from sspo.trainer.loop import resume
+
+    whole = tmp_path / "whole"
+    Trainer(tiny_config(whole, "steps=2", "checkpoint_every=1"), log=lambda *a: None).run()
+    broken = tmp_path / "broken"
+    shutil.copytree(whole, broken)
+    (broken / "final_metrics.json").unlink()  # killed after the final evaluation row, before the summary
+    resume(broken, log=lambda *a: None)
+    rows = read_metrics(broken)
+    assert _comparable(rows) == _comparable(read_metrics(whole))
+    assert sum("eval/accuracy" in r and r["step"] == 2 for r in rows) == 1
+    assert (broken / "metrics.replayed.jsonl").read_text().count('"eval/accuracy"') == 1

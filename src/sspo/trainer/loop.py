@@ -130,7 +130,7 @@ class Trainer:
             self.step, self.updates, self.elapsed = state["step"], state["updates"], state["elapsed"]
             self.accuracy_before = state.get("accuracy_before")
             self.history.extend(snapshots)
-            moved = truncate_metrics(self.run_dir, self.step)
+            moved = truncate_metrics(self.run_dir, self.step, state.get("metric_rows"))
             log(f"resumed {self.run_dir} at step {self.step} ({moved} later metric rows will be re-run)")
         elif self.behaviour is not None:
             self.history.append(self._snapshot())
@@ -261,7 +261,8 @@ class Trainer:
         save_checkpoint(
             self.run_dir, step=self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             snapshots=list(self.history) if self.behaviour is not None else [], keep=self.config.keep_checkpoints,
-            trainer_state={"updates": self.updates, "elapsed": self.elapsed, "accuracy_before": self.accuracy_before},
+            trainer_state={"updates": self.updates, "elapsed": self.elapsed, "accuracy_before": self.accuracy_before,
+                           "metric_rows": self.logger.rows},
         )  # fmt: skip
 
     def run(self) -> dict:

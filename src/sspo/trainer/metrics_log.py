@@ -28,13 +28,18 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return read_jsonl(Path(run_dir) / METRICS_FILE)
 
 
-def truncate_metrics(run_dir: str | Path, last_step: int) -> int:
-    """Keep rows with ``step <= last_step``; rows after it move to ``metrics.replayed.jsonl`` (they will be
-    re-run from the checkpoint, nothing is lost). Returns the number of rows moved."""
+def truncate_metrics(run_dir: str | Path, last_step: int, rows_at_checkpoint: int | None = None) -> int:
+    """Keep the rows a checkpoint had seen: the first ``rows_at_checkpoint`` rows when known (this also
+    drops a final evaluation logged after the last checkpoint), else those with ``step <= last_step``.
+    The others move to ``metrics.replayed.jsonl`` (they will be re-run from the checkpoint, nothing is
+    lost). Returns the number of rows moved."""
     path = Path(run_dir) / METRICS_FILE
     rows = read_metrics(run_dir)
-    keep = [r for r in rows if r.get("step", 0) <= last_step]
-    moved = [r for r in rows if r.get("step", 0) > last_step]
+    if rows_at_checkpoint is None:
+        keep = [r for r in rows if r.get("step", 0) <= last_step]
+        moved = [r for r in rows if r.get("step", 0) > last_step]
+    else:
+        keep, moved = rows[:rows_at_checkpoint], rows[rows_at_checkpoint:]
     if moved:
         with open(Path(run_dir) / "metrics.replayed.jsonl", "a") as f:
             for r in moved:
@@ -51,6 +56,8 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, *, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rows = len(read_metrics(self.run_dir)) if (self.run_dir / METRICS_FILE).is_file() else 0
+        """Rows in ``metrics.jsonl`` so far (saved with each checkpoint)."""
         self._file = open(self.run_dir / METRICS_FILE, "a")
         from torch.utils.tensorboard import SummaryWriter
 
@@ -60,6 +67,7 @@ class MetricsLogger:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        self.rows += 1
         os.fsync(self._file.fileno())
         for key, value in row.items():
             if key != "step" and isinstance(value, int | float) and math.isfinite(value):
