@@ -47,3 +47,19 @@ def test_singleton_groups_get_zero_and_errors_are_named():
         sspo.group_advantages(torch.ones(4), 3)
     with pytest.raises(ValueError, match="advantage method 'ppo'"):
         sspo.group_advantages(torch.ones(4), 2, method="ppo")
+
+
+def test_invalid_responses_leave_their_groups_statistics():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 5.0, 2.0, 2.0, 7.0, 0.0])
+    valid = torch.tensor([True, True, True, False, True, True, False, False])
+    group_advantages = sspo.group_advantages
+    adv, metrics = group_advantages(rewards, 4, method="grpo", valid=valid)
+    kept = rewards[:3]
+    expected = (kept - kept.mean()) / (kept.std() + 1e-6)
+    torch.testing.assert_close(adv[:3], expected)
+    assert adv[3] == 0 and (adv[4:] == 0).all()  # the second group's two valid rewards are equal
+    assert metrics["adv/zero_std_frac"] == 0.5
+    same, _ = group_advantages(rewards[:3], 3, method="rloo")
+    torch.testing.assert_close(group_advantages(rewards, 4, method="rloo", valid=valid)[0][:3], same)
+    with pytest.raises(ValueError, match="valid must be a bool tensor"):
+        group_advantages(rewards, 4, valid=valid.float())

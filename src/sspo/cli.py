@@ -148,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": _cmd_demo, "train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
                 "compare": _cmd_compare, "study": _cmd_study}  # fmt: skip
     from .trainer.config import ConfigError
+    from .trainer.loop import TrainingError
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, TrainingError, FileExistsError, FileNotFoundError) as exc:
         print(f"sspo {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -140,6 +140,7 @@ def test_batch_preserves_order_and_counts_outcomes(scorer):
         "reward/parse_fail_frac": pytest.approx(1 / 6),
         "reward/wrong_frac": pytest.approx(2 / 6),
         "reward/timeout_frac": 0.0,
+        "reward/error_frac": 0.0,
     }
 
 

@@ -68,3 +68,25 @@ def test_closed_verifier_refuses_work():
         verifier.compare("1", "1")
     with pytest.raises(ValueError, match="workers"):
         SymbolicVerifier(workers=0)
+
+
+def test_a_raising_math_verify_is_a_verifier_error_not_a_parse_failure(tmp_path, monkeypatch):
+    """A math-verify whose ``verify`` raises must not score LaTeX answers as unparseable, silently."""
+    from sspo.rewards import RewardScorer
+
+    fake = tmp_path / "math_verify"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "class LatexExtractionConfig:\n    def __init__(self, **kw): pass\n"
+        "class ExprExtractionConfig:\n    def __init__(self, **kw): pass\n"
+        "def parse(text, **kw): return [text]\n"
+        "def verify(gold, pred, **kw): raise TypeError('broken verifier')\n"
+    )  # fmt: skip
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the worker subprocess imports the fake first
+    with RewardScorer(timeout=10.0, verifier=SymbolicVerifier(workers=1)) as scorer:
+        rewards, metrics = scorer.score_batch(["\\boxed{\\frac{1}{2}}", "#### 3", "no answer"], ["\\frac12", "3", "3"])
+        assert rewards == [0.0, 1.0, 0.0]
+        assert metrics["reward/error_frac"] == 1 / 3 and metrics["reward/parse_fail_frac"] == 1 / 3
+        assert scorer.grade("\\boxed{x}", "x").status == "error"
+        assert scorer.last_error == "TypeError: broken verifier"
+        scorer.verifier.close()

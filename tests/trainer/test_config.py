@@ -41,6 +41,10 @@ def test_paper_presets_include_their_base():
         ("progress=maybe", "progress: expected true/false, got 'maybe'"),
         ("rollout.tempreature=1", "rollout.tempreature: unknown field; valid fields of RolloutConfig"),
         ("device=tpu", "device: 'tpu' is not one of auto, cpu, cuda"),
+        ("rollout.truncated=keep", "rollout.truncated: 'keep' is not one of drop, zero, score"),
+        ("rollout.max_reward_error_frac=2", r"rollout.max_reward_error_frac: must be in \[0, 1\], got 2.0"),
+        ("update.max_consecutive_nonfinite=0", "update.max_consecutive_nonfinite: must be >= 1, got 0"),
+        ("task.options.max_step=3", "task.options.max_step: unknown option of task 'synthetic'; valid: min_steps, max_steps"),
     ],
 )
 def test_invalid_values_name_the_field(override, message):
@@ -64,3 +68,21 @@ def test_changing_the_objective_drops_the_old_objectives_params():
     assert config.objective.params == {"eps_high": 0.28}
     config = load_config("demo", ["objective.name=sspo", "objective.params.tau_neg=2"])  # same name: merged
     assert config.objective.params == {"gate": "arctan", "tau_pos": 1.0, "tau_neg": 2}
+
+
+def test_changing_the_task_starts_from_its_own_options(tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    config = load_config("tiny", ["task.name=gsm8k", f"task.path={data}"])  # the preset's synthetic options go
+    assert config.task.name == "gsm8k" and config.task.options == {}
+    config = load_config("tiny", ["task.name=gsm8k", "task.options.shuffle=true"])
+    assert config.task.options == {"shuffle": True}
+    with pytest.raises(ConfigError, match="task.options.min_steps: unknown option of task 'gsm8k'; valid: shuffle"):
+        load_config("demo", ["task.name=gsm8k", "task.options.min_steps=2"])
+
+
+def test_a_whole_mapping_override_replaces_instead_of_merging():
+    assert load_config("demo", ["task.options={}"]).task.options == {}
+    assert load_config("demo", ["task.options={max_steps: 2}"]).task.options == {"max_steps": 2}
+    assert load_config("demo", ["objective.params={tau_pos: 2.0}"]).objective.params == {"tau_pos": 2.0}
+    assert load_config("demo", ["task.options.max_steps=2"]).task.options["max_operand"] == 9  # one key: merged

@@ -2,7 +2,9 @@
 
 Protocol: JSON lines. On start the worker writes ``["ready", null]`` (or ``["error", message]``),
 then answers each request line ``[gold, pred]`` with one status line: ``"correct"``, ``"wrong"`` or
-``"parse_fail"``. End of input ends it. Internal math-verify timeouts are off: the parent enforces
+``"parse_fail"`` (math-verify found no answer to compare), or ``["error", message]`` when math-verify
+itself raised (a verifier fault, not the answer's: it must not pass for an unparseable answer).
+End of input ends it. Internal math-verify timeouts are off: the parent enforces
 the time bound by killing this process. A subprocess (not ``multiprocessing``) so that starting
 one never re-imports the caller's ``__main__`` script.
 """
@@ -16,7 +18,7 @@ import threading
 import time
 
 
-def _compare(parse, verify, config, gold: str, pred: str) -> str:
+def _compare(parse, verify, config, gold: str, pred: str):
     def parsed(text: str):
         return parse("\\boxed{" + text + "}", extraction_config=config, parsing_timeout=None)
 
@@ -27,8 +29,8 @@ def _compare(parse, verify, config, gold: str, pred: str) -> str:
         if not pred_parsed:
             return "parse_fail"
         return "correct" if verify(gold_parsed, pred_parsed, timeout_seconds=None) else "wrong"
-    except Exception:
-        return "parse_fail"
+    except Exception as exc:  # math-verify is meant to return, not raise: report it as the verifier's fault
+        return ["error", f"{type(exc).__name__}: {exc}"[:300]]
 
 
 def _exit_when_orphaned(parent: int) -> None:

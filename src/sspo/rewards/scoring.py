@@ -8,7 +8,10 @@ reference, else ``0.0``. Plain numbers on both sides compare exactly in the call
 * ``correct``    — reward 1.0;
 * ``wrong``      — an answer was found and it differs from the reference;
 * ``parse_fail`` — no final answer, or one that cannot be parsed (or is refused as unsafe);
-* ``timeout``    — the symbolic comparison overran ``timeout`` seconds (its worker was killed).
+* ``timeout``    — the symbolic comparison overran ``timeout`` seconds (its worker was killed);
+* ``error``      — math-verify raised or its worker died: a fault of the verifier, not of the answer.
+  It is kept apart from ``parse_fail`` so that a broken verifier cannot pass for unparseable answers
+  (``reward/error_frac``; the trainer warns on the first and stops when too many errored).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from sspo.rewards.extract import extract_final_answer
 from sspo.rewards.numbers import parse_number
 from sspo.rewards.symbolic import STATUSES, SymbolicVerifier
 
-METRIC_KEYS = ("reward/mean", "reward/parse_fail_frac", "reward/wrong_frac", "reward/timeout_frac")
+METRIC_KEYS = ("reward/mean", "reward/parse_fail_frac", "reward/wrong_frac", "reward/timeout_frac", "reward/error_frac")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Grade:
     reward: float
     """1.0 if correct, else 0.0."""
     status: str
-    """One of ``correct``, ``wrong``, ``parse_fail``, ``timeout``."""
+    """One of ``correct``, ``wrong``, ``parse_fail``, ``timeout``, ``error``."""
     answer: str | None
     """The extracted final answer (``None`` when none was found)."""
 
@@ -126,6 +129,11 @@ class RewardScorer:
         grades = self.grade_batch(completions, references)
         return [g.reward for g in grades], grade_metrics(grades)
 
+    @property
+    def last_error(self) -> str | None:
+        """The message of the latest ``error`` outcome (``None``: none so far)."""
+        return self.verifier.last_error
+
     def warmup(self) -> None:
         """Start the worker processes now instead of at the first symbolic comparison."""
         self.verifier.warmup()
@@ -152,6 +160,7 @@ def grade_metrics(grades: Sequence[Grade]) -> dict[str, float]:
         "reward/parse_fail_frac": counts["parse_fail"] / n if n else 0.0,
         "reward/wrong_frac": counts["wrong"] / n if n else 0.0,
         "reward/timeout_frac": counts["timeout"] / n if n else 0.0,
+        "reward/error_frac": counts["error"] / n if n else 0.0,
     }
 
 

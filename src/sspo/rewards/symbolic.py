@@ -5,7 +5,9 @@ Anything that is not a plain number (LaTeX, intervals, radicals, expressions) go
 started with ``subprocess`` so that it is safe from any thread and never re-runs the caller's
 ``__main__``), each serving one request at a time. A request that overruns its timeout gets its
 worker killed (``SIGKILL``) and a fresh one started in the background; the caller sees
-``"timeout"``. Before a request is sent, :func:`is_safe_expression` refuses inputs that are known
+``"timeout"``. When math-verify itself raises, or its worker dies mid-comparison, the status is
+``"error"`` (a verifier fault, kept apart from ``"parse_fail"`` so that it cannot pass silently for
+unparseable answers; :attr:`SymbolicVerifier.last_error` holds the message). Before a request is sent, :func:`is_safe_expression` refuses inputs that are known
 to blow up sympy (power towers, huge factorials, deep nesting, very long strings).
 
 Worker start-up (about one second: importing sympy) is not part of the per-request timeout; it has
@@ -29,8 +31,8 @@ import sspo
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sspo.__file__)))
 
-STATUSES = ("correct", "wrong", "parse_fail", "timeout")
-"""Every outcome a comparison can have."""
+STATUSES = ("correct", "wrong", "parse_fail", "timeout", "error")
+"""Every outcome a comparison can have (``error``: the verifier failed, not the answer)."""
 MAX_SYMBOLIC_CHARS = 500
 """Longest answer sent to math-verify."""
 MAX_NESTING = 24
@@ -146,19 +148,24 @@ class _Worker:
             raise RuntimeError(f"math-verify worker could not start: {message}")
         self._ready = True
 
-    def compare(self, gold: str, pred: str, timeout: float) -> str:
+    def compare(self, gold: str, pred: str, timeout: float) -> tuple[str, str | None]:
+        """``(status, error message or None)``."""
         self.wait_ready()
         try:
             self._process.stdin.write((json.dumps([gold, pred]) + "\n").encode())
             self._process.stdin.flush()
-            status = self._read_line(timeout)
-        except (OSError, ValueError):
-            status = "crashed"
-        if status in STATUSES:
-            return status
+            reply = self._read_line(timeout)
+        except (OSError, ValueError) as exc:
+            reply = exc
+        if isinstance(reply, str) and reply in STATUSES:
+            return reply, None
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == "error":
+            return "error", str(reply[1])  # math-verify raised; the worker itself is fine
         self.kill()
         self.start()  # the replacement imports sympy while the caller moves on
-        return "timeout" if status is None else "parse_fail"  # a crash: e.g. out of memory
+        if reply is None:
+            return "timeout", None
+        return "error", f"math-verify worker failed during a comparison ({reply!r})"  # e.g. out of memory
 
     def _read_line(self, timeout: float):
         """Next JSON line from the worker, ``None`` after ``timeout`` s; ``OSError`` if it died."""
@@ -207,6 +214,8 @@ class SymbolicVerifier:
         for worker in self._all:
             self._free.put(worker)
         self._closed = False
+        self.last_error: str | None = None
+        """The message of the latest ``error`` outcome (math-verify raised or its worker died)."""
         self._finalizer = weakref.finalize(self, _stop_all, list(self._all))
 
     def compare(self, gold: str, pred: str, *, timeout: float = 1.0, guard: bool = True) -> str:
@@ -222,9 +231,12 @@ class SymbolicVerifier:
             return "parse_fail"
         worker = self._free.get()
         try:
-            return worker.compare(gold, pred, timeout)
+            status, message = worker.compare(gold, pred, timeout)
         finally:
             self._free.put(worker)
+        if message is not None:
+            self.last_error = message
+        return status
 
     def warmup(self) -> None:
         """Start every worker now and wait until all have imported math-verify."""

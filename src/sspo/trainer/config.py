@@ -21,6 +21,8 @@ SFT_SCHEDULES = ("cosine", "linear", "constant")
 """Learning-rate schedules of supervised training (``warm_start.schedule``)."""
 OLD_LOGPROBS = ("auto", "recompute", "sampler")
 """Sources of the behaviour log-probs (``update.old_logprobs``)."""
+TRUNCATED = ("drop", "zero", "score")
+"""What happens to responses cut off at ``max_new_tokens`` (``rollout.truncated``)."""
 
 
 class ConfigError(ValueError):
@@ -46,7 +48,9 @@ class TaskConfig:
     equation ``a∘b=c`` is true, they chain, and the answer follows from them; see ``sspo.rewards.work``).
     Evaluation always scores the final answer alone."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Task options, e.g. synthetic ``{max_steps: 3, max_operand: 9}`` or deepmath ``{min_difficulty: 5}``."""
+    """Task options, e.g. synthetic ``{max_steps: 3, max_operand: 9}`` or deepmath ``{min_difficulty: 5}``
+    (``sspo.tasks.task_options(name)`` lists them). Changing ``task.name`` drops the old task's options;
+    ``task.options={}`` clears them."""
 
 
 @dataclass
@@ -65,6 +69,14 @@ class RolloutConfig:
     """Decoder: ``auto`` (lean decoder for Qwen2/Llama, else ``hf``), ``fast`` or ``hf``."""
     reward_timeout: float = 1.0
     """Seconds allowed per symbolic answer comparison."""
+    truncated: str = "drop"
+    """Responses cut off at ``max_new_tokens`` (no EOS): ``drop`` (DAPO's overlong filtering: they get no
+    loss and are left out of their group's advantage statistics), ``zero`` (reward 0, trained on as
+    wrong) or ``score`` (graded like finished ones, e.g. by the last number they happen to contain).
+    ``rollout/truncated_frac`` logs how many there were."""
+    max_reward_error_frac: float = 0.1
+    """Stop the run when more than this share of a step's rewards are verifier errors (math-verify raised
+    or its worker died; ``reward/error_frac``). The first error is warned about, whatever the share."""
 
 
 @dataclass
@@ -104,15 +116,18 @@ class OptimConfig:
 @dataclass
 class UpdateConfig:
     mini_batches: int = 2
-    """K: the rollout batch is split into K mini-batches, one optimizer update each (all but the
-    first update of a fresh rollout are off-policy). Mini-batches hold whole groups in a random order
-    (when K divides P), so each prompt is encoded once per forward pass."""
+    """K: the rollout batch is split into exactly K mini-batches (sizes differ by at most one row), one
+    optimizer update each (all but the first update of a fresh rollout are off-policy). Groups come in
+    a random order and stay whole when K divides P, so each prompt is encoded once per forward pass."""
     epochs: int = 1
     """Passes over the rollout batch."""
     micro_batch_size: int | None = None
     """Sequences per forward/backward inside a mini-batch (gradient accumulation); ``None``: whole mini-batch."""
     staleness: int = 0
     """Rollouts are sampled by the policy of this many optimizer updates ago (stress off-policy learning)."""
+    max_consecutive_nonfinite: int = 3
+    """An update whose loss or gradient is not finite is skipped (no optimizer or scheduler step; counted
+    in ``update/skipped_nonfinite``); after this many in a row the run stops with an error."""
     old_logprobs: str = "auto"
     """Behaviour log-probs of the ratios: ``recompute`` (a no-grad forward of the behaviour policy over
     the batch after sampling), ``sampler`` (the sampler's own, no extra forward; the first mini-batch
@@ -262,14 +277,21 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+class Replace(dict):
+    """A mapping given whole on the command line (``task.options={}``): it replaces, never merges."""
+
+
 def parse_overrides(overrides: list[str]) -> dict:
-    """``["rollout.temperature=0.8", "objective.params.tau_neg=1.5"]`` → nested dict (YAML-typed values)."""
+    """``["rollout.temperature=0.8", "objective.params.tau_neg=1.5"]`` → nested dict (YAML-typed values).
+    A mapping given whole (``task.options={max_steps: 2}``, ``objective.params={}``) replaces the old one."""
     nested: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw else ""
+        if isinstance(value, dict):
+            value = Replace(value)
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -280,15 +302,23 @@ def parse_overrides(overrides: list[str]) -> dict:
     return nested
 
 
+_OWN_OPTIONS = {"objective": "params", "task": "options"}
+"""Sections whose option mapping belongs to their ``name``: a new name starts from its own defaults."""
+
+
 def _merge(base: dict, update: dict) -> dict:
-    """Deep merge; ``objective.params`` merge too, unless ``objective.name`` changes (then the old
-    objective's parameters are dropped, since they may not exist for the new one)."""
+    """Deep merge. ``objective.params`` and ``task.options`` merge too, unless the section's ``name``
+    changes (then the old ones are dropped: they may not exist for the new objective or task). A
+    :class:`Replace` mapping replaces instead of merging."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, Replace):
+            out[key] = dict(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             previous = out[key]
-            if key == "objective" and "name" in value and value["name"] != previous.get("name"):
-                previous = {k: v for k, v in previous.items() if k != "params"}
+            own = _OWN_OPTIONS.get(key)
+            if own and "name" in value and value["name"] != previous.get("name"):
+                previous = {k: v for k, v in previous.items() if k != own}
             out[key] = _merge(previous, value)
         else:
             out[key] = value
@@ -364,7 +394,7 @@ def validate(config: TrainConfig) -> None:
     """Check every field before any work; raise :class:`ConfigError` naming the first bad one."""
     import sspo  # local: keep `sspo --help` free of torch
 
-    from ..tasks import TASKS, TEMPLATES
+    from ..tasks import TASKS, TEMPLATES, task_options
 
     t, r, o, p, u, e, w = (config.task, config.rollout, config.objective, config.optim, config.update,
                            config.eval, config.warm_start)  # fmt: skip
@@ -372,6 +402,10 @@ def validate(config: TrainConfig) -> None:
     _require(t.template in TEMPLATES, "task.template", f"{t.template!r} is not one of {', '.join(TEMPLATES)}")
     _require(t.reward in TASK_REWARDS, "task.reward", f"{t.reward!r} is not one of {', '.join(TASK_REWARDS)}")
     _require(t.train_size is None or t.train_size > 0, "task.train_size", f"must be > 0, got {t.train_size}")
+    valid_options = task_options(t.name)
+    for key in t.options:
+        _require(key in valid_options, f"task.options.{key}",
+                 f"unknown option of task {t.name!r}; valid: {', '.join(valid_options) or 'none'}")  # fmt: skip
     _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {r.prompts_per_step}")
     _require(r.samples_per_prompt >= 2, "rollout.samples_per_prompt",
              f"must be >= 2 (group advantages need a group), got {r.samples_per_prompt}")  # fmt: skip
@@ -380,6 +414,9 @@ def validate(config: TrainConfig) -> None:
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.backend in ("auto", "fast", "hf"), "rollout.backend", f"{r.backend!r} is not one of auto, fast, hf")
     _require(r.reward_timeout > 0, "rollout.reward_timeout", f"must be > 0, got {r.reward_timeout}")
+    _require(r.truncated in TRUNCATED, "rollout.truncated", f"{r.truncated!r} is not one of {', '.join(TRUNCATED)}")
+    _require(0 <= r.max_reward_error_frac <= 1, "rollout.max_reward_error_frac",
+             f"must be in [0, 1], got {r.max_reward_error_frac}")  # fmt: skip
     _require(o.name in sspo.OBJECTIVES, "objective.name", f"unknown objective {o.name!r}; valid: {', '.join(sspo.OBJECTIVES)}")
     _require(o.advantage in sspo.ADVANTAGE_METHODS, "objective.advantage",
              f"{o.advantage!r} is not one of {', '.join(sspo.ADVANTAGE_METHODS)}")  # fmt: skip
@@ -402,6 +439,8 @@ def validate(config: TrainConfig) -> None:
     _require(u.micro_batch_size is None or u.micro_batch_size >= 1, "update.micro_batch_size",
              f"must be >= 1, got {u.micro_batch_size}")  # fmt: skip
     _require(u.staleness >= 0, "update.staleness", f"must be >= 0, got {u.staleness}")
+    _require(u.max_consecutive_nonfinite >= 1, "update.max_consecutive_nonfinite",
+             f"must be >= 1, got {u.max_consecutive_nonfinite}")  # fmt: skip
     _require(u.old_logprobs in OLD_LOGPROBS, "update.old_logprobs",
              f"{u.old_logprobs!r} is not one of {', '.join(OLD_LOGPROBS)}")  # fmt: skip
     _require(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")

@@ -2,9 +2,15 @@
 
 Per step: the behaviour policy (the policy of ``update.staleness`` updates ago) samples ``G``
 responses for each of ``P`` prompts; rewards and group advantages follow; the batch is split into
-``K`` mini-batches with one optimizer update each (``epochs`` times), so every update but the first
-of a fresh rollout is off-policy. Data order, sampling and mini-batch splits draw on generators
+exactly ``K`` mini-batches with one optimizer update each (``epochs`` times), so every update but the
+first of a fresh rollout is off-policy. Data order, sampling and mini-batch splits draw on generators
 seeded by ``(seed, step)``, which makes runs deterministic on CPU and resumable exactly.
+
+Nothing fails silently: an update whose loss or gradient is not finite is skipped (no optimizer or
+scheduler step) and counted, and the run stops after ``update.max_consecutive_nonfinite`` of them in a
+row; an update with no signal (every advantage zero, no KL or entropy term) is skipped and counted;
+non-finite weights are never checkpointed; verifier errors are warned about and stop the run past
+``rollout.max_reward_error_frac``. Evaluation time is not training time (``time_budget_s``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ from .warm_start import prepare_model
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "final_metrics.json"
+
+
+class TrainingError(RuntimeError):
+    """The run stopped for a reason the user must fix (non-finite updates, a failing verifier)."""
 
 
 def seeded(seed: int, *keys: int, device="cpu") -> torch.Generator:
@@ -123,11 +133,14 @@ class Trainer:
         self.step = 0
         self.updates = 0
         self.elapsed = 0.0
+        self.nonfinite_in_a_row = 0
+        self._warned: set[str] = set()
         self.accuracy_before: float | None = None
         if resume and existing:
             state, snapshots = load_checkpoint(existing[-1], model=self.model, optimizer=self.optimizer,
                                                scheduler=self.scheduler)  # fmt: skip
             self.step, self.updates, self.elapsed = state["step"], state["updates"], state["elapsed"]
+            self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
             self.accuracy_before = state.get("accuracy_before")
             self.history.extend(snapshots)
             moved = truncate_metrics(self.run_dir, self.step, state.get("metric_rows"))
@@ -174,6 +187,35 @@ class Trainer:
         )  # fmt: skip
 
     # ------------------------------------------------------------------ one step
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log(f"warning: {message}")
+
+    def _check_rewards(self, step: int, metrics: dict) -> None:
+        """Warn on the first verifier error and on rewarded truncations; stop when too many rewards errored."""
+        c = self.config.rollout
+        share = metrics.get("reward/error_frac", 0.0)
+        if share > 0:
+            detail = f" ({self.scorer.last_error})" if self.scorer.last_error else ""
+            self._warn_once("reward_error", f"step {step}: {share:.0%} of the rewards are verifier errors, not "
+                                            f"answers{detail}; see reward/error_frac")  # fmt: skip
+            if share > c.max_reward_error_frac:
+                raise TrainingError(f"rollout.max_reward_error_frac: {share:.0%} of step {step}'s rewards are verifier "
+                                    f"errors (more than {c.max_reward_error_frac:.0%}){detail}; fix the verifier "
+                                    "(math-verify) or raise rollout.max_reward_error_frac")  # fmt: skip
+        if c.truncated == "score" and metrics.get("reward/truncated_rewarded_frac", 0.0) > 0:
+            self._warn_once("truncated", f"step {step}: responses cut off at rollout.max_new_tokens were rewarded "
+                                         "(rollout.truncated=score); `drop` or `zero` stops that")  # fmt: skip
+
+    def mini_batches(self, step: int, epoch: int, n: int) -> list[torch.Tensor]:
+        """Exactly ``K`` row sets covering ``n`` rows once (sizes differ by at most one): groups in a
+        seeded random order, so mini-batches hold whole groups whenever ``K`` divides ``P``."""
+        g = self.config.rollout.samples_per_prompt
+        order = torch.randperm(n // g, generator=seeded(self.config.seed, 3, step, epoch))
+        rows = (order[:, None] * g + torch.arange(g)).flatten()
+        return list(rows.tensor_split(self.config.update.mini_batches))
+
     def train_step(self, step: int) -> dict[str, float]:
         """Rollout + ``K × epochs`` updates; returns the step's metrics."""
         c = self.config
@@ -184,45 +226,61 @@ class Trainer:
             temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
             advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
             backend=c.rollout.backend, reference=self.reference, check_work=c.task.reward == "answer_and_work",
-            recompute=self.recompute_old,
+            recompute=self.recompute_old, truncated=c.rollout.truncated,
         )  # fmt: skip
+        self._check_rewards(step, batch.metrics)
         t_rollout = time.perf_counter() - t0
         stats = _StepStats()
-        n = batch.input_ids.shape[0]
         first_dev = None
-        g = c.rollout.samples_per_prompt
+        counts = {"applied": 0, "skipped_zero_signal": 0, "skipped_nonfinite": 0}
         for epoch in range(c.update.epochs):
-            # mini-batches of whole groups (in a random order): each prompt is encoded once per forward
-            order = torch.randperm(n // g, generator=seeded(c.seed, 3, step, epoch))
-            rows = (order[:, None] * g + torch.arange(g)).flatten()
-            for idx in rows.chunk(c.update.mini_batches):
-                # without a recompute, the first update of a fresh on-policy rollout is its own behaviour policy
-                own = first_dev is None and not self.recompute_old and self.behaviour is None
-                metrics = self._update(batch, idx, old_from_self=own)
+            for idx in self.mini_batches(step, epoch, batch.input_ids.shape[0]):
+                # without a recompute, the policy is its own behaviour policy until its first applied update
+                own = counts["applied"] == 0 and not self.recompute_old and self.behaviour is None
+                metrics, outcome = self._update(batch, idx, old_from_self=own)
+                counts[outcome] += 1
+                if metrics is None:
+                    continue
                 if first_dev is None:
                     first_dev = max(abs(metrics["ratio/max"].item() - 1), abs(metrics["ratio/min"].item() - 1))
                 stats.add(metrics)
         t_total = time.perf_counter() - t0
         out = stats.means()
         out.update(batch.metrics)
+        out.update({f"update/{k}": float(v) for k, v in counts.items()})
         out.update({
             "ratio/first_update_max_dev": first_dev, "lr": self.scheduler.get_last_lr()[0],
             "time/rollout_s": t_rollout, "time/update_s": t_total - t_rollout, "time/step_s": t_total,
             "throughput/tokens_per_s": batch.metrics["rollout/tokens"] / t_total,
-            "throughput/samples_per_s": n / t_total,
+            "throughput/samples_per_s": batch.input_ids.shape[0] / t_total,
         })  # fmt: skip
         return out
 
-    def _update(self, batch, idx: torch.Tensor, old_from_self: bool = False) -> dict:
+    def _has_signal(self, advantages: torch.Tensor, mask: torch.Tensor) -> bool:
+        """Whether an update on these rows can change the policy: some valid row has a non-zero
+        advantage, or a KL or entropy term acts on its own."""
+        o = self.config.objective
+        if o.kl_coef > 0 or o.entropy_coef != 0:
+            return bool(mask.any())
+        rows = mask.any(-1)
+        adv = advantages if advantages.dim() == 1 else advantages.masked_fill(~mask, 0).abs().amax(-1)
+        return bool((adv[rows] != 0).any())
+
+    def _update(self, batch, idx: torch.Tensor, old_from_self: bool = False) -> tuple[dict | None, str]:
         """One optimizer update on mini-batch rows ``idx`` (micro-batched, globally normalised).
         ``old_from_self``: the model is still the behaviour policy, so its detached log-probs replace
-        the sampler's in ``batch.old_log_probs`` (ratios exactly 1; the sampler's drift is reported)."""
+        the sampler's in ``batch.old_log_probs`` (ratios exactly 1; the sampler's drift is reported).
+        Returns ``(metrics, outcome)``: ``applied``; ``skipped_zero_signal`` (no forward, metrics
+        ``None``); ``skipped_nonfinite`` (loss or gradient not finite: no optimizer or scheduler step)."""
         c = self.config
         o = c.objective
         mask = batch.response_mask[idx]
+        if not self._has_signal(batch.advantages[idx], mask):
+            return None, "skipped_zero_signal"
         norms = {"global_num_tokens": mask.sum(), "global_num_seqs": mask.any(-1).sum()}
         micro = c.update.micro_batch_size or len(idx)
         collected = _StepStats()
+        finite = torch.ones((), dtype=torch.bool, device=mask.device)
         for part in idx.split(micro):
             mb = batch.select(part)
             logp, entropy = response_logprobs(self.model, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
@@ -238,15 +296,28 @@ class Trainer:
                 kl_estimator=o.kl_estimator, entropy=entropy, entropy_coef=o.entropy_coef, **norms, **o.params,
             )  # fmt: skip
             out.loss.backward()
+            finite = finite & torch.isfinite(out.loss.detach())
             collected.add({**out.metrics, "loss": out.loss.detach()})
         clip = c.optim.grad_clip if c.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        applied = bool(finite & torch.isfinite(grad_norm))
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.updates += 1
+            self.nonfinite_in_a_row = 0
+            if self.behaviour is not None:
+                self.history.append(self._snapshot())
+        else:
+            self.nonfinite_in_a_row += 1
+            self.log(f"warning: step {self.step}: update skipped, its loss or gradient is not finite "
+                     f"(loss {float(torch.stack(collected.values['loss']).sum()):.4g}, grad norm {float(grad_norm):.4g}); "
+                     f"{self.nonfinite_in_a_row} in a row")  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
-        if self.behaviour is not None:
-            self.history.append(self._snapshot())
+        if self.nonfinite_in_a_row >= c.update.max_consecutive_nonfinite:
+            raise TrainingError(f"update.max_consecutive_nonfinite: {self.nonfinite_in_a_row} updates in a row had a "
+                                f"non-finite loss or gradient (step {self.step}); the weights were left as they were "
+                                "before the first of them. Lower optim.lr, check the data, or raise the limit")  # fmt: skip
         metrics = {k: torch.stack(v).float().mean() for k, v in collected.values.items()}
         for key in ("ratio/max", "seq_weight/max", "rollout/logprob_mismatch_max"):
             if key in collected.values:
@@ -254,15 +325,22 @@ class Trainer:
         for key in ("ratio/min", "seq_weight/min"):
             metrics[key] = torch.stack(collected.values[key]).min()
         metrics["grad_norm"] = grad_norm.detach()
-        return metrics
+        return metrics, "applied" if applied else "skipped_nonfinite"
 
     # ------------------------------------------------------------------ the run
+    def _require_finite_weights(self, what: str) -> None:
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingError(f"{what}: refused, {len(bad)} weight tensor(s) hold non-finite values "
+                                f"(first: {bad[0]}); the last checkpoint is intact, resume from it with a lower optim.lr")  # fmt: skip
+
     def _checkpoint(self) -> None:
+        self._require_finite_weights(f"checkpoint of step {self.step}")
         save_checkpoint(
             self.run_dir, step=self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             snapshots=list(self.history) if self.behaviour is not None else [], keep=self.config.keep_checkpoints,
             trainer_state={"updates": self.updates, "elapsed": self.elapsed, "accuracy_before": self.accuracy_before,
-                           "metric_rows": self.logger.rows},
+                           "metric_rows": self.logger.rows, "nonfinite_in_a_row": self.nonfinite_in_a_row},
         )  # fmt: skip
 
     def run(self) -> dict:
@@ -285,12 +363,14 @@ class Trainer:
                 t0 = time.perf_counter()
                 self.step += 1
                 metrics = self.train_step(self.step)
+                trained = time.perf_counter() - t0
                 if c.eval.every and self.step % c.eval.every == 0 and self.step < c.steps:
                     metrics.update(self._evaluate())
-                self.elapsed += time.perf_counter() - t0
+                    metrics["time/eval_s"] = time.perf_counter() - t0 - trained
+                self.elapsed += trained  # evaluation is not training time (nor is it for the supervised control)
                 metrics["time/elapsed_s"] = self.elapsed
                 self.logger.log(self.step, metrics)
-                progress.update(time.perf_counter() - t0 if by_time else 1, step=self.step,
+                progress.update(trained if by_time else 1, step=self.step,
                                 reward=metrics.get("reward/mean"), acc=metrics.get("eval/accuracy"))  # fmt: skip
                 over_budget = c.time_budget_s is not None and self.elapsed >= c.time_budget_s
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps or over_budget:
@@ -304,6 +384,7 @@ class Trainer:
         self.logger.log(self.step, final)
         self.logger.close()
         export = self.run_dir / "final_model"
+        self._require_finite_weights("final_model export")
         self.model.save_pretrained(export)
         self.tokenizer.save_pretrained(export)
         plot = plot_run(self.run_dir)

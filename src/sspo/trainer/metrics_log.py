@@ -1,4 +1,7 @@
-"""Run logs: ``metrics.jsonl`` (one JSON object per step), TensorBoard events, a live progress bar."""
+"""Run logs: ``metrics.jsonl`` (one JSON object per step), TensorBoard events, a live progress bar.
+
+Non-finite values are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (strict JSON
+has no such numbers; ``null`` would hide them) and read back as floats by :func:`read_jsonl`."""
 
 from __future__ import annotations
 
@@ -8,6 +11,12 @@ import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+"""How non-finite floats are spelled in ``metrics.jsonl``."""
+
+
+def _decode_nonfinite(row: dict) -> dict:
+    return {k: NONFINITE[v] if isinstance(v, str) and v in NONFINITE else v for k, v in row.items()}
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -17,9 +26,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 break
+            rows.append(_decode_nonfinite(row) if isinstance(row, dict) else row)
     return rows
 
 
@@ -43,9 +53,9 @@ def truncate_metrics(run_dir: str | Path, last_step: int, rows_at_checkpoint: in
     if moved:
         with open(Path(run_dir) / "metrics.replayed.jsonl", "a") as f:
             for r in moved:
-                f.write(json.dumps(r) + "\n")
+                f.write(_encode(r) + "\n")
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.write_text("".join(_encode(r) + "\n" for r in keep))
     os.replace(tmp, path)
     return len(moved)
 
@@ -64,12 +74,13 @@ class MetricsLogger:
         self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
+        row = {"step": step, **metrics}
+        self._file.write(_encode(row) + "\n")
         self._file.flush()
         self.rows += 1
         os.fsync(self._file.fileno())
         for key, value in row.items():
+            value = value.item() if hasattr(value, "item") else value
             if key != "step" and isinstance(value, int | float) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
         self._tb.flush()
@@ -79,11 +90,16 @@ class MetricsLogger:
         self._tb.close()
 
 
+def _encode(row: dict) -> str:
+    """One strict-JSON line; non-finite floats spelled as in :data:`NONFINITE`."""
+    return json.dumps({k: _clean(v) for k, v in row.items()}, allow_nan=False)
+
+
 def _clean(value):
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
 

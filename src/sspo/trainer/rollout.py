@@ -94,11 +94,14 @@ def make_rollout(
     reference=None,
     check_work: bool = False,
     recompute: bool = True,
+    truncated: str = "drop",
 ) -> RolloutBatch:
     """Sample ``G`` responses per problem with ``behaviour``, score them, compute advantages.
     ``check_work``: a right answer earns its reward only if its shown work is consistent
     (:func:`sspo.rewards.work.work_is_consistent`). ``recompute``: behaviour log-probs from a no-grad
-    training forward of ``behaviour`` (else the sampler's own)."""
+    training forward of ``behaviour`` (else the sampler's own). ``truncated``: responses with no EOS
+    within ``max_new_tokens`` are ``drop``-ped (no loss, left out of their group's advantage
+    statistics, reward logged as 0), get reward 0 (``zero``), or are graded as they are (``score``)."""
     prompt_ids = [ids for ids in encode_prompts(problems, tokenizer, template) for _ in range(samples_per_prompt)]
     out = sample(
         behaviour, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -111,9 +114,17 @@ def make_rollout(
     if check_work:
         rewards_list, work_metrics = _require_work(rewards_list, completions)
         reward_metrics.update(work_metrics)
-    rewards = torch.tensor(rewards_list, dtype=torch.float32, device=out.response_mask.device)
-    advantages, adv_metrics = group_advantages(rewards, samples_per_prompt, method=advantage)
     mask = out.response_mask
+    cut = truncated_rows(out.response_ids, mask, tokenizer.eos_token_id)
+    rewards = torch.tensor(rewards_list, dtype=torch.float32, device=mask.device)
+    reward_metrics["reward/truncated_rewarded_frac"] = float(((rewards > 0) & cut).float().mean())
+    if truncated != "score":
+        rewards = torch.where(cut, torch.zeros_like(rewards), rewards)
+        reward_metrics["reward/mean"] = float(rewards.mean())
+    keep = ~cut if truncated == "drop" else None
+    advantages, adv_metrics = group_advantages(rewards, samples_per_prompt, method=advantage, valid=keep)
+    if keep is not None:
+        mask = mask & keep[:, None]  # DAPO's overlong filtering: a dropped response has no loss term
     groups = torch.arange(len(prompt_ids), device=mask.device) // samples_per_prompt
     old = out.old_log_probs
     if recompute:
@@ -124,21 +135,27 @@ def make_rollout(
     if reference is not None:
         ref = response_logprobs_no_grad(reference, out.input_ids, out.attention_mask, out.response_ids,
                                         temperature=temperature, groups=groups)  # fmt: skip
-    lengths = mask.sum(-1).float()
-    eos = tokenizer.eos_token_id
-    finished = ((out.response_ids == eos) & mask).any(-1).float() if eos is not None else torch.zeros_like(lengths)
+    lengths = out.response_mask.sum(-1).float()
     metrics = {
         **reward_metrics,
         **{k: float(v) for k, v in adv_metrics.items()},
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
-        "response/finished_frac": float(finished.mean()),
+        "response/finished_frac": 1.0 - float(cut.float().mean()),
+        "rollout/truncated_frac": float(cut.float().mean()),
         "rollout/tokens": float(lengths.sum()),
     }
     if recompute:
         metrics["rollout/logprob_mismatch_max"] = logprob_mismatch(old, out.old_log_probs, mask)
     return RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
                         groups, ref, completions, metrics)  # fmt: skip
+
+
+def truncated_rows(response_ids: Tensor, response_mask: Tensor, eos_token_id: int | None) -> Tensor:
+    """``[N]`` bool: responses that hold no EOS (cut off at ``max_new_tokens``; all of them without an EOS id)."""
+    if eos_token_id is None:
+        return torch.ones(response_ids.shape[0], dtype=torch.bool, device=response_ids.device)
+    return ~((response_ids == eos_token_id) & response_mask).any(-1)
 
 
 def logprob_mismatch(trainer_log_probs: Tensor, sampler_log_probs: Tensor, mask: Tensor) -> float:
