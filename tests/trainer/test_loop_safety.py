@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from trainer_cases import tiny_config
+from trainer_cases import TINY, tiny_config
 
 import sspo
 from sspo.experiments.compare_aggregate import summarise_run
@@ -294,3 +294,13 @@ def test_evaluation_time_is_not_training_time(tmp_path, monkeypatch):
     step_seconds = sum(r["time/step_s"] for r in rows if "time/step_s" in r)
     assert sum(r.get("time/eval_s", 0) for r in rows) >= 0.8  # two periodic evaluations (steps 1 and 2)
     assert summary["train_seconds"] == pytest.approx(step_seconds, abs=0.1)
+
+
+def test_a_stopped_run_is_one_line_and_status_2_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from sspo.cli import main
+
+    _nan_on_calls(monkeypatch, "all")
+    assert main(["train", *TINY, "steps=3", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sspo train: error: update.max_consecutive_nonfinite: 3 updates in a row")
+    assert not any("Traceback" in line for line in err)
