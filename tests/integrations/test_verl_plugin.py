@@ -1,6 +1,7 @@
 """sspo.integrations.verl: registration, verl's call convention, normalisers, metrics, loading."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -21,8 +22,7 @@ import sspo.integrations.verl as sv
 CFG = dict(clip_ratio_low=0.15, clip_ratio_high=0.25, tau_pos=0.9, tau_neg=1.3)
 EXPECTED = {  # verl name -> (objective, hyperparameters implied by CFG)
     "sspo": ("sspo", dict(tau_pos=0.9, tau_neg=1.3, gate="arctan")),
-    "sspo_sigmoid": ("sspo", dict(tau_pos=0.9, tau_neg=1.3, gate="sigmoid")),
-    "sspo_gaussian": ("sspo", dict(tau_pos=0.9, tau_neg=1.3, gate="gaussian")),
+    **{f"sspo_{gate}": ("sspo", dict(tau_pos=0.9, tau_neg=1.3, gate=gate)) for gate in sspo.GATES if gate != "arctan"},
     "sspo_grpo": ("grpo", dict(eps_low=0.15, eps_high=0.25)),
     "sspo_gspo": ("gspo", dict(eps_low=0.15, eps_high=0.25)),
     "sspo_gspo_token": ("gspo_token", dict(eps_low=0.15, eps_high=0.25)),
@@ -65,7 +65,11 @@ def test_called_as_verl_calls_it_equals_policy_loss(name, mode):
     assert metrics["actor/pg_clipfrac"] == pytest.approx(
         ref.metrics.get("pg_clipfrac", torch.tensor(0.0)).item()
     )
-    assert metrics["actor/sspo/pg_loss"] == pytest.approx(ref.loss.item())
+    # verl logs the returned loss as actor/pg_loss itself; every other metric is forwarded
+    forwarded = {f"actor/sspo/{k}" for k in ref.metrics if k != "pg_loss"}
+    assert forwarded <= set(metrics) and "actor/sspo/pg_loss" not in metrics
+    for key in forwarded:
+        assert metrics[key] == pytest.approx(ref.metrics[key.removeprefix("actor/sspo/")].item(), abs=1e-12)
     if objective in ("sspo", "sapo"):
         assert metrics["actor/sspo/gate/weight_mean"] == pytest.approx(ref.metrics["gate/weight_mean"].item())
         assert "actor/sspo/gate/attenuated_frac" in metrics
@@ -159,18 +163,60 @@ def test_rollout_is_weights_fold_into_advantages():
         )
 
 
-def test_verl_use_external_modules_loads_the_plugin_in_a_fresh_worker():
-    code = (
-        "import sys, verl\n"
-        "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
-        "assert 'sspo.integrations.verl' in sys.modules\n"
-        "print(get_policy_loss_fn('sspo').__module__, get_policy_loss_fn('sspo_gspo_token').__name__)\n"
-    )
+FRESH_WORKER = """
+import json, sys, verl
+from verl.trainer.ppo.core_algos import get_policy_loss_fn
+out = {"loaded": "sspo.integrations.verl" in sys.modules,
+       "sspo": get_policy_loss_fn("sspo").__module__, "sspo_gspo_token": get_policy_loss_fn("sspo_gspo_token").__name__}
+from verl.models.transformers.monkey_patch import apply_monkey_patch
+from sspo.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+model = build_tiny_model(build_char_tokenizer(), TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2,
+                                                                 num_kv_heads=1, intermediate_size=16))
+try:
+    apply_monkey_patch(model, use_remove_padding=False)
+    out["monkey_patch"] = "ok"
+except ImportError as err:
+    out["monkey_patch"] = f"ImportError: {err}"
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_worker() -> dict:
+    """What a fresh interpreter with ``VERL_USE_EXTERNAL_MODULES`` set (as in every verl worker) sees."""
     env = {
         **os.environ,
         "VERL_USE_EXTERNAL_MODULES": "sspo.integrations.verl",
         "VERL_USE_EXTERNAL_PLUGINS": "none",
     }
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", FRESH_WORKER], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["sspo.integrations.verl", "sspo_policy_loss_gspo_token"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_verl_use_external_modules_loads_the_plugin_in_a_fresh_worker(fresh_worker):
+    assert fresh_worker["loaded"]
+    assert fresh_worker["sspo"] == "sspo.integrations.verl"
+    assert fresh_worker["sspo_gspo_token"] == "sspo_policy_loss_gspo_token"
+
+
+def test_verl_builds_an_fsdp_actor_model_beside_trl_1x(fresh_worker):
+    """verl 0.9.1's ``apply_monkey_patch``, run by its FSDP engine on every actor model it builds, imports
+    TRL's ``AutoModelForCausalLMWithValueHead`` whenever TRL is importable; TRL 1.x has no such class. With
+    the plug-in loaded as verl loads it, the patch runs beside whatever TRL is installed."""
+    assert fresh_worker["monkey_patch"] == "ok"
+
+
+def test_only_the_monkey_patch_trl_check_is_rebound():
+    from verl.models.transformers import monkey_patch
+    from verl.utils import import_utils
+    from verl.utils import model as verl_model
+
+    assert monkey_patch.is_trl_available is sv.trl_has_value_head
+    assert verl_model.is_trl_available is import_utils.is_trl_available  # the critic's value-head loader
+    if importlib.util.find_spec("trl") is not None:
+        import trl
+
+        assert import_utils.is_trl_available()
+        if int(trl.__version__.split(".")[0]) >= 1:  # TRL 1.x dropped the value-head model
+            assert not sv.trl_has_value_head()

@@ -16,13 +16,17 @@ verl imports the module in every worker when ``VERL_USE_EXTERNAL_MODULES=sspo.in
 is set in the environment (``import verl`` reads it). Hyperparameters come from verl's actor
 config (see :func:`hyperparameters_from_config`); the micro-batch loss is normalised with verl's
 global batch counts (``config.global_batch_info``) exactly like verl's ``agg_loss``, so the
-micro-batch losses of one mini-batch sum (after verl's DP averaging) to the SPEC loss of the whole
-mini-batch. verl's rollout-correction weights ``rollout_is_weights`` are folded into the advantages
-(:mod:`sspo.integrations._weights`).
+micro-batch losses of one mini-batch sum (after verl's DP averaging) to the loss of the whole
+mini-batch (docs/objectives.md). verl's rollout-correction weights ``rollout_is_weights`` are folded
+into the advantages (:mod:`sspo.integrations._weights`).
+
+Importing it also lets verl's FSDP engine build models beside TRL 1.x
+(:func:`neutralise_trl_value_head_patch`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -117,10 +121,17 @@ def normalisers(config: Any, loss_agg_mode: str) -> tuple[dict[str, Any], float,
     return kwargs, dp_size, mode
 
 
+VERL_OWN_METRICS = ("pg_loss",)
+"""sspo metrics verl logs itself: ``actor/pg_loss`` is the returned loss, summed over micro-batches. verl
+averages every metric a loss function returns over the micro-batches, which would turn a micro-batch's
+share of the mini-batch loss into the loss divided by their number."""
+
+
 def verl_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """verl-style metrics: ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower``, then
-    every other sspo metric under ``actor/sspo/``. One host sync for the whole dict."""
-    keys = list(metrics)
+    every other sspo metric but :data:`VERL_OWN_METRICS` under ``actor/sspo/``. One host sync for the
+    whole dict."""
+    keys = [k for k in metrics if k not in VERL_OWN_METRICS]
     values = torch.stack([metrics[k].detach().to(torch.float64) for k in keys]).cpu().tolist()
     flat = dict(zip(keys, values, strict=True))
     out = {
@@ -178,5 +189,41 @@ def register_all(overwrite: bool = False) -> dict[str, Callable]:
     return registered
 
 
+@functools.cache
+def trl_has_value_head() -> bool:
+    """Whether the installed TRL has ``AutoModelForCausalLMWithValueHead`` (TRL < 1.0 does, 1.x does not),
+    looked up where verl looks for it."""
+    try:
+        from trl.experimental.ppo import AutoModelForCausalLMWithValueHead  # noqa: F401
+    except ImportError:
+        try:
+            from trl import AutoModelForCausalLMWithValueHead  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def neutralise_trl_value_head_patch() -> bool:
+    """Let verl 0.9.1's FSDP engine build models when TRL 1.x is installed beside it.
+
+    ``verl/models/transformers/monkey_patch.py`` (``apply_monkey_patch``, lines 352-356 in verl 0.9.1),
+    which the FSDP engine runs on every model it builds, does ``if is_trl_available(): from trl import
+    AutoModelForCausalLMWithValueHead`` to give that class ``nn.Module.state_dict``. TRL 1.x (this
+    package's ``trl`` extra) has no such class, so the import raises and no actor starts. This rebinds
+    that module's ``is_trl_available`` (and nothing else: ``verl.utils.import_utils`` and the critic's
+    value-head loader keep verl's own) to :func:`trl_has_value_head`: with a TRL that has the class
+    (verl's ``fsdp`` extra pins trl 0.27) verl patches it as before; with TRL 1.x there is nothing to patch.
+    Returns whether the rebinding was made (False once verl no longer has that check).
+    """
+    from verl.models.transformers import monkey_patch
+
+    if not hasattr(monkey_patch, "is_trl_available"):
+        return False
+    monkey_patch.is_trl_available = trl_has_value_head
+    return True
+
+
 REGISTERED = register_all()
 """The functions registered at import, by verl name."""
+
+neutralise_trl_value_head_patch()
