@@ -55,7 +55,7 @@ def _add_eval(sub) -> None:
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="every objective x seed, aggregated with controls (see docs/compare.md)")
-    from .experiments.compare_cli import add_arguments
+    from .experiments.compare.cli import add_arguments
 
     add_arguments(p)
 
@@ -63,7 +63,7 @@ def _add_compare(sub) -> None:
 def _add_study(sub) -> None:
     p = sub.add_parser("study", help="exact studies of the objectives")
     studies = p.add_subparsers(dest="study", required=True)
-    from .experiments.bias_variance import add_arguments
+    from .experiments.bias_variance.study import add_arguments
 
     add_arguments(studies.add_parser("bias-variance", help="bias and variance of each gradient estimator"))
 
@@ -131,13 +131,13 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .experiments.compare_cli import main
+    from .experiments.compare.cli import main
 
     return main(args)
 
 
 def _cmd_study(args) -> int:
-    from .experiments.bias_variance import main
+    from .experiments.bias_variance.study import main
 
     return main(args)
 

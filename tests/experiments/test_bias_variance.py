@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import sspo
-from sspo.experiments import bias_variance_policy as pol
-from sspo.experiments.bias_variance import BiasVarianceConfig, add_arguments, main, run_study
-from sspo.experiments.bias_variance_estimators import gradient_metrics, per_batch_gradients
-from sspo.experiments.bias_variance_objectives import REFERENCE, VARIANTS, ObjectiveVariant
+from sspo.experiments.bias_variance import policy as pol
+from sspo.experiments.bias_variance.estimators import gradient_metrics, per_batch_gradients
+from sspo.experiments.bias_variance.objectives import REFERENCE, VARIANTS, ObjectiveVariant
+from sspo.experiments.bias_variance.study import BiasVarianceConfig, add_arguments, main, run_study
 
 CORE_VARIANTS = [label for label, v in VARIANTS.items() if v.objective is not None]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sspo.cli import main
-from sspo.experiments.compare_aggregate import (
+from sspo.experiments.compare.aggregate import (
     count_spikes,
     group_stats,
     mean_ci,
@@ -19,7 +19,7 @@ from sspo.experiments.compare_aggregate import (
     summarise_run,
     t_quantile,
 )
-from sspo.experiments.compare_report import collect
+from sspo.experiments.compare.report import collect
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,8 @@ import json
 import pytest
 
 from sspo.cli import main
-from sspo.experiments.compare_runs import (
-    ABLATIONS,
-    SETTINGS,
-    build_plan,
-    execute_plan,
-    objective_preset,
-    run_config,
-)
+from sspo.experiments.compare.plan import ABLATIONS, SETTINGS, build_plan, execute_plan
+from sspo.experiments.runner import objective_preset, run_config
 
 TINY = [
     "steps=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
@@ -24,11 +18,11 @@ TINY = [
 
 
 def test_objective_params_reset_unless_the_preset_is_written_for_it(tmp_path):
-    sspo = run_config("tiny", "sspo", setting="offpolicy", seed=3, out_dir=tmp_path / "a", budget_s=30)
+    sspo = run_config("tiny", "sspo", setting=SETTINGS["offpolicy"], seed=3, out_dir=tmp_path / "a", budget_s=30)
     assert sspo["objective"]["params"] == {"gate": "arctan", "tau_pos": 1.0, "tau_neg": 1.05}
     assert (sspo["update"]["mini_batches"], sspo["update"]["staleness"], sspo["seed"]) == (4, 2, 3)
     assert sspo["time_budget_s"] == 30 and sspo["progress"] is False
-    grpo = run_config("tiny", "grpo", setting="onpolicy", out_dir=tmp_path / "b")
+    grpo = run_config("tiny", "grpo", setting=SETTINGS["onpolicy"], out_dir=tmp_path / "b")
     assert grpo["objective"] == {**grpo["objective"], "name": "grpo", "params": {}}
     assert (grpo["update"]["mini_batches"], grpo["update"]["staleness"]) == (1, 0)
     assert grpo["time_budget_s"] == 180  # the preset's
@@ -108,7 +102,7 @@ def test_smoke_compare_two_objectives(tmp_path, capsys):
 
 
 def test_scheduler_respects_dependencies_and_skips_after_a_failed_warm_start(tmp_path, monkeypatch):
-    from sspo.experiments import compare_runs
+    from sspo.experiments import runner
 
     plan = build_plan(tmp_path / "out", preset="tiny", objectives=["sspo", "grpo"], seeds=2, settings=["onpolicy"],
                       workers=2, warm_start="per-seed", overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
@@ -129,7 +123,7 @@ def test_scheduler_respects_dependencies_and_skips_after_a_failed_warm_start(tmp
         events.append(("end", job.name))
         return 0
 
-    monkeypatch.setattr(compare_runs, "_spawn", fake_spawn)
+    monkeypatch.setattr(runner, "_spawn", fake_spawn)
     failed = execute_plan(plan, echo=False)
     assert sorted(failed) == sorted([broken, "onpolicy/sspo/seed1", "onpolicy/grpo/seed1", "control/sft/seed1"])
     ended = {name: i for i, (kind, name) in enumerate(events) if kind == "end"}

@@ -17,7 +17,7 @@ import torch
 from trainer_cases import TINY, tiny_config
 
 import sspo
-from sspo.experiments.compare_aggregate import summarise_run
+from sspo.experiments.compare.aggregate import summarise_run
 from sspo.trainer import Trainer, TrainingError
 from sspo.trainer import loop as loop_module
 from sspo.trainer import rollout as rollout_module
@@ -304,3 +304,24 @@ def test_a_stopped_run_is_one_line_and_status_2_on_the_command_line(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sspo train: error: update.max_consecutive_nonfinite: 3 updates in a row")
     assert not any("Traceback" in line for line in err)
+
+
+# ----------------------------------------------------------------------------- train–inference mismatch
+@pytest.mark.parametrize("sampler_dtype", ["same", "bfloat16"])
+def test_the_mismatch_knob_gives_a_sampler_trainer_gap_only_when_on(tmp_path, sampler_dtype):
+    trainer = Trainer(tiny_config(tmp_path, f"rollout.sampler_dtype={sampler_dtype}", "update.mini_batches=1"),
+                      log=quiet)  # fmt: skip
+    first = trainer.train_step(1)
+    if sampler_dtype == "same":
+        assert first["ratio/first_update_max_dev"] == 0.0 and first["drift/abs_log_ratio_p99"] == 0.0
+    else:  # behaviour log-probs from the bf16 sampler, the trainer in float32: ratios ≠ 1 before any update
+        assert trainer.sampler_copy is not None and next(trainer.sampler_copy.parameters()).dtype == torch.bfloat16
+        assert first["ratio/first_update_max_dev"] > 1e-3 and first["drift/abs_log_ratio_p99"] > 1e-3
+        assert next(trainer.model.parameters()).dtype == torch.float32
+
+
+def test_a_mismatched_sampler_cannot_be_recomputed_away(tmp_path):
+    from sspo.trainer import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.sampler_dtype: a sampler of its own precision needs"):
+        tiny_config(tmp_path, "rollout.sampler_dtype=bfloat16", "update.old_logprobs=recompute")

@@ -1,16 +1,10 @@
-"""The run matrix of ``sspo compare``: plan every objective × setting × seed (+ SSPO ablations and
-controls), then run the plan resumably, optionally in parallel worker processes.
-
-Layout under ``--out``::
-
-    runs/<setting>/<method>/seed<k>/      one trainer run each (config.yaml, metrics.jsonl, final_metrics.json)
-    controls/sft/seed<k>/result.json      supervised control with the RL runs' mean training time
-    compare.log                           one line per finished job
+"""The run matrix shared by the experiments (``sspo compare``, ``sspo stress``): jobs (warm starts,
+training runs, supervised controls), a plan of them, and its resumable, parallel execution.
 
 A job whose result file exists is skipped; a run directory with checkpoints but no
 ``final_metrics.json`` is resumed from its last checkpoint. Workers are ``python -m
-sspo.experiments.compare_runs JOB.json`` subprocesses (``threads=1`` each when several run at once).
-This module imports torch only inside the worker and the warm-start key.
+sspo.experiments.runner JOB.json`` subprocesses (``threads=1`` each when several run at once). This
+module imports torch only inside the worker and the warm-start key, so command-line ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -27,36 +21,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ABLATIONS", "ABLATION_SETTING", "SETTINGS", "Job", "Plan", "build_plan", "execute_plan"]
-
-SETTINGS: dict[str, dict[str, object]] = {
-    "onpolicy": {"update.mini_batches": 1, "update.epochs": 1, "update.staleness": 0},
-    "offpolicy": {"update.mini_batches": 4, "update.epochs": 1, "update.staleness": 2},
-    "preset": {},
-}
-"""Stress settings: config overrides applied on top of the preset (``preset``: none, the preset's own)."""
-
-SETTING_NOTES: dict[str, str] = {
-    "onpolicy": "1 update per rollout batch, fresh rollouts: every ratio is 1 at the update (on-policy-ish)",
-    "offpolicy": "4 updates per rollout batch, rollouts sampled by the policy of 2 updates ago (strongly off-policy)",
-    "preset": "the preset's own update settings",
-}
-
-ABLATIONS: dict[str, list[tuple[str, dict[str, object]]]] = {
-    "gates": [("sspo-gate-sigmoid", {"gate": "sigmoid"}), ("sspo-gate-gaussian", {"gate": "gaussian"})],
-    "tau": [("sspo-tau-0.5", {"tau_pos": 0.5, "tau_neg": 0.525}), ("sspo-tau-2", {"tau_pos": 2.0, "tau_neg": 2.1})],
-}
-"""SSPO-only extra runs (method name, objective params over SSPO's); the main ``sspo`` run is arctan, τ=1/1.05."""
-
-ABLATION_SETTING = "offpolicy"
-"""Ablations run in this setting only (where the gate matters: ratios far from 1)."""
+__all__ = ["Job", "Plan", "WarmStarts", "auto_workers", "execute_plan", "objective_preset", "run_config"]
 
 WARM_START_MODES = ("shared", "per-seed")
 SHARED_CACHE = "warm_starts"
-"""Comparison-private warm-start cache (under ``--out``) holding the shared warm start under every seed's key."""
+"""Experiment-private warm-start cache (under the output directory) holding the shared warm start under every seed's key."""
 
-LOG_FILE = "compare.log"
-JOB_FILE = "compare_job.json"
+JOB_FILE = "job.json"
 SFT_RESULT = "result.json"
 
 
@@ -98,6 +69,8 @@ class Plan:
     controls: list[Job] = field(default_factory=list)
     workers: int = 1
     budget_s: float | None = None
+    log_file: str = "runner.log"
+    """One line per finished job, under ``out``."""
 
     def describe(self) -> str:
         """Human-readable plan (``--dry-run``)."""
@@ -138,14 +111,15 @@ def objective_preset(preset: str, objective: str) -> str:
     return preset
 
 
-def run_config(preset: str, objective: str, *, params: dict | None = None, setting: str = "preset", seed: int = 0,
+def run_config(preset: str, objective: str, *, params: dict | None = None, setting: dict | None = None, seed: int = 0,
                out_dir: str | Path = "runs/x", budget_s: float | None = None, threads: int | None = None,
                overrides: list[str] | tuple = ()) -> dict:  # fmt: skip
     """Validated config (as a plain dict) of one run.
 
     The objective's params come from the chosen preset if it is written for ``objective``, else they
-    are reset to the objective's defaults; ``params`` (ablations) are laid over them. Then the
-    setting's overrides, the seed, budget, out_dir and the user's ``overrides`` apply, in that order.
+    are reset to the objective's defaults; ``params`` (ablations, sweeps) are laid over them. Then the
+    ``setting``'s overrides (``{"update.mini_batches": 4, ...}``), the seed, budget, out_dir and the
+    user's ``overrides`` apply, in that order.
     """
     from ..trainer.config import _merge, config_from_dict, parse_overrides, read_preset, to_dict
 
@@ -156,7 +130,7 @@ def run_config(preset: str, objective: str, *, params: dict | None = None, setti
     section["name"] = objective
     section["params"] = {**(section.get("params") or {}), **(params or {})}
     data["objective"] = section
-    items = [f"{k}={v}" for k, v in SETTINGS[setting].items()]
+    items = [f"{k}={v}" for k, v in (setting or {}).items()]
     items += [f"seed={seed}", f"out_dir={out_dir}", "progress=false"]
     if budget_s is not None:
         items.append(f"time_budget_s={budget_s}")
@@ -166,7 +140,8 @@ def run_config(preset: str, objective: str, *, params: dict | None = None, setti
     return to_dict(config_from_dict(data))
 
 
-def _auto_workers(config: dict) -> int:
+def auto_workers(config: dict) -> int:
+    """One worker per CPU core, or one on a GPU."""
     import torch
 
     if config.get("device") == "cuda" or (config.get("device") == "auto" and torch.cuda.is_available()):
@@ -174,96 +149,52 @@ def _auto_workers(config: dict) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def build_plan(out: str | Path, *, preset: str = "tiny", objectives: list[str], seeds: int, settings: list[str],
-               ablations: list[str] = (), ablation_seeds: int | None = None, controls: bool = True,
-               budget_s: float | None = None, workers: int = 0, overrides: list[str] | tuple = (),
-               warm_start: str = "shared") -> Plan:  # fmt: skip
-    """Every job of the comparison, ordered seed-major so early results cover every method.
+class WarmStarts:
+    """The warm-start jobs of a plan. ``shared``: one warm start, built with seed 0 in the usual cache,
+    is every seed's starting checkpoint (linked into an experiment-private cache under each seed's
+    key; pass :attr:`overrides` to every run); ``per-seed``: one job per distinct warm-start key."""
 
-    ``warm_start="shared"``: one warm start (built with seed 0) is the starting checkpoint of every
-    seed; ``"per-seed"``: each seed builds its own (the trainer's cache is keyed by the seed).
-    """
-    from ..objectives import OBJECTIVES
-    from ..trainer.config import ConfigError
+    def __init__(self, plan: Plan, mode: str, seed0_config: dict):
+        from ..trainer.config import ConfigError, config_from_dict
+        from ..trainer.warm_start import cache_root, warm_start_key
 
-    for name in objectives:
-        if name not in OBJECTIVES:
-            raise ConfigError(f"--objectives: unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
-    for name in settings:
-        if name not in SETTINGS:
-            raise ConfigError(f"--settings: unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
-    for name in ablations:
-        if name not in ABLATIONS:
-            raise ConfigError(f"--ablations: unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
-    if seeds < 1:
-        raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
-    out = Path(out)
-    probe = run_config(preset, objectives[0], setting=settings[0], out_dir=out / "probe", budget_s=budget_s,
-                       overrides=overrides)  # fmt: skip
-    workers = workers or _auto_workers(probe)
-    threads = 1 if workers > 1 else None
-    budget = probe.get("time_budget_s")
-    plan = Plan(out=out, workers=workers, budget_s=budget)
+        if mode not in WARM_START_MODES:
+            raise ConfigError(f"--warm-start: {mode!r} is not one of {', '.join(WARM_START_MODES)}")
+        self.plan = plan
+        self.source: Job | None = None
+        self.by_key: dict[str, Job] = {}
+        self.overrides: list[str] = []
+        self._key, self._root = warm_start_key, cache_root
+        if mode == "shared" and seed0_config["warm_start"]["steps"] > 0:
+            typed = config_from_dict(seed0_config)
+            path = cache_root(typed) / f"warmstart-{warm_start_key(typed)}"
+            self.source = Job("warm_start", f"warm start shared by every seed ({path.name})", path, seed0_config, 0)
+            plan.warm_starts.append(self.source)
+            self.overrides = [f"warm_start.cache_dir={(plan.out / SHARED_CACHE).resolve()}"]
 
-    specs: list[tuple[int, str, str, str, dict]] = []  # seed, setting, method, objective, params
-    for seed in range(seeds):
-        for setting in settings:
-            specs += [(seed, setting, name, name, {}) for name in objectives]
-    ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
-    for seed in range(ablation_seeds):
-        for group in ablations:
-            specs += [(seed, ABLATION_SETTING, method, "sspo", params) for method, params in ABLATIONS[group]]
-    specs.sort(key=lambda s: s[0])  # stable: seed-major, plan order within a seed
+    def attach(self, job: Job) -> None:
+        """Make ``job`` (a training run) wait for its warm start, adding that warm start if new."""
+        from ..trainer.config import config_from_dict
 
-    from ..trainer.config import config_from_dict
-    from ..trainer.warm_start import cache_root, warm_start_key
-
-    if warm_start not in WARM_START_MODES:
-        raise ConfigError(f"--warm-start: {warm_start!r} is not one of {', '.join(WARM_START_MODES)}")
-    shared = warm_start == "shared" and probe["warm_start"]["steps"] > 0
-    source: Job | None = None
-    if shared:  # built with seed 0 in the usual cache, then linked into a comparison-private cache per seed
-        config = run_config(preset, objectives[0], setting=settings[0], seed=0, out_dir=out / "probe",
-                            budget_s=budget_s, overrides=overrides)  # fmt: skip
-        typed = config_from_dict(config)
-        path = cache_root(typed) / f"warmstart-{warm_start_key(typed)}"
-        source = Job("warm_start", f"warm start shared by every seed ({path.name})", path, config, 0)
-        plan.warm_starts.append(source)
-        overrides = [*overrides, f"warm_start.cache_dir={(out / SHARED_CACHE).resolve()}"]
-    seen_keys: dict[str, Job] = {}
-    first_config: dict[int, dict] = {}
-    for seed, setting, method, objective, params in specs:
-        directory = out / "runs" / setting / method / f"seed{seed}"
-        config = run_config(preset, objective, params=params, setting=setting, seed=seed, out_dir=directory,
-                            budget_s=budget_s, threads=threads, overrides=overrides)  # fmt: skip
-        job = Job("train", f"{setting}/{method}/seed{seed}", directory, config, seed, setting, method)
-        plan.runs.append(job)
-        first_config.setdefault(seed, config)
-        typed = config_from_dict(config)
-        if typed.warm_start.steps > 0:
-            key = warm_start_key(typed)
-            path = cache_root(typed) / f"warmstart-{key}"
-            if source is not None:
-                if path not in source.links:
-                    source.links.append(path)
-                job.needs.append(source.name)
-                continue
-            if key not in seen_keys:
-                seen_keys[key] = Job("warm_start", f"warm start seed{seed} ({path.name})", path, config, seed)
-                plan.warm_starts.append(seen_keys[key])
-            job.needs.append(seen_keys[key].name)
-    if controls:
-        for seed, config in sorted(first_config.items()):
-            directory = out / "controls" / "sft" / f"seed{seed}"
-            runs = [j for j in plan.runs if j.seed == seed]
-            plan.controls.append(Job("sft", f"control/sft/seed{seed}", directory, config, seed, "control", "sft",
-                                     needs=list(runs[0].needs), after=[j.name for j in runs]))  # fmt: skip
-    return plan
+        typed = config_from_dict(job.config)
+        if typed.warm_start.steps == 0:
+            return
+        key = self._key(typed)
+        path = self._root(typed) / f"warmstart-{key}"
+        if self.source is not None:
+            if path not in self.source.links:
+                self.source.links.append(path)
+            job.needs.append(self.source.name)
+            return
+        if key not in self.by_key:
+            self.by_key[key] = Job("warm_start", f"warm start seed{job.seed} ({path.name})", path, job.config, job.seed)
+            self.plan.warm_starts.append(self.by_key[key])
+        job.needs.append(self.by_key[key].name)
 
 
 # ----------------------------------------------------------------------------- execution
 class _Log:
-    """Thread-safe ``compare.log`` writer (and echo to stdout)."""
+    """Thread-safe log writer (one line per event, also echoed to stdout)."""
 
     def __init__(self, path: Path, echo: bool = True):
         self.path = path
@@ -296,7 +227,7 @@ def _spawn(job: Job, payload: dict, log_path: Path) -> int:
     job_file = log_path.parent / (JOB_FILE if job.kind != "warm_start" else f"warm_start_{job.seed}.json")
     job_file.write_text(json.dumps(payload, indent=1))
     with open(log_path, "a") as log:
-        proc = subprocess.run([sys.executable, "-m", "sspo.experiments.compare_runs", str(job_file)],
+        proc = subprocess.run([sys.executable, "-m", "sspo.experiments.runner", str(job_file)],
                               stdout=log, stderr=subprocess.STDOUT, env=_worker_env(payload["config"].get("threads")))  # fmt: skip
     return proc.returncode
 
@@ -337,7 +268,7 @@ def execute_plan(plan: Plan, *, echo: bool = True) -> list[str]:
     to build is built in this process (nothing else can run before it), with the runs' thread count:
     two torch threads on two busy cores were measured ~10x slower per step than one.
     """
-    log = _Log(plan.out / LOG_FILE, echo=echo)
+    log = _Log(plan.out / plan.log_file, echo=echo)
     order = {"warm_start": 0, "train": 1, "sft": 1}
     jobs = sorted(plan.warm_starts + plan.runs + plan.controls,
                   key=lambda j: (order[j.kind], j.seed, j.kind == "sft"))  # fmt: skip

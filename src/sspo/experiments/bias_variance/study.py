@@ -1,13 +1,13 @@
 """``sspo study bias-variance``: bias and variance of each objective's policy-gradient estimate.
 
 A tabular autoregressive policy small enough to enumerate (see
-:mod:`sspo.experiments.bias_variance_policy`) gives the exact gradient ``∇J(θ)`` of the expected
+:mod:`sspo.experiments.bias_variance.policy`) gives the exact gradient ``∇J(θ)`` of the expected
 verifiable reward. For each sequence length and each behaviour-policy drift
 ``KL(μ ‖ π_θ)`` the study draws M batches of G responses from ``μ = π_{θ_old}``, computes every
 objective's gradient estimate with autograd and reports cosine, projection, variance and MSE
-against ``∇J`` (definitions in :func:`~sspo.experiments.bias_variance_estimators.gradient_metrics`).
+against ``∇J`` (definitions in :func:`~sspo.experiments.bias_variance.estimators.gradient_metrics`).
 
-Run ``python -m sspo.experiments.bias_variance --help``. This module imports torch lazily so that
+Run ``python -m sspo.experiments.bias_variance.study --help``. This module imports torch lazily so that
 ``--help`` is fast.
 """
 
@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .bias_variance_objectives import DEFAULT_OBJECTIVES, VARIANTS
+from .objectives import DEFAULT_OBJECTIVES, VARIANTS
 
 __all__ = ["BiasVarianceConfig", "add_arguments", "main", "run_study"]
 
@@ -60,7 +60,7 @@ class BiasVarianceConfig:
     advantage: str = "grpo"
     """Group advantage for the core objectives: 'grpo' (R - mean)/std, 'drgrpo' R - mean, or 'rloo'."""
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
-    """Estimators to compare (labels of sspo.experiments.bias_variance_objectives.VARIANTS)."""
+    """Estimators to compare (labels of sspo.experiments.bias_variance.objectives.VARIANTS)."""
     seed: int = 0
     """Seed of policies, directions and samples; the same samples are shared by all objectives."""
     plots: bool = True
@@ -168,7 +168,7 @@ def run_study(
 def _run(config: BiasVarianceConfig, out_dir: str | Path | None, progress: bool) -> list[dict]:
     import torch
 
-    from . import bias_variance_policy as pol
+    from . import policy as pol
 
     start = time.perf_counter()
     raw: list[dict] = []
@@ -192,7 +192,7 @@ def _run(config: BiasVarianceConfig, out_dir: str | Path | None, progress: bool)
     summary = _summarise(raw, config)
     seconds = time.perf_counter() - start
     if out_dir is not None:
-        from .bias_variance_report import write_report
+        from .report import write_report
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -207,8 +207,8 @@ def _grid_point(config, theta_old, direction, sequences, rewards_all, gen, commo
 
     import sspo
 
-    from . import bias_variance_policy as pol
-    from .bias_variance_estimators import gradient_metrics, per_batch_gradients
+    from . import policy as pol
+    from .estimators import gradient_metrics, per_batch_gradients
 
     G, M, length = config.group_size, config.num_batches, sequences.shape[-1]
     seq_target = common["kl_target"] * (length if config.kl_unit == "token" else 1)
@@ -306,7 +306,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(
-        prog="python -m sspo.experiments.bias_variance", description=__doc__.split("\n")[0]
+        prog="python -m sspo.experiments.bias_variance.study", description=__doc__.split("\n")[0]
     )
     add_arguments(_parser)
     raise SystemExit(main(_parser.parse_args()))

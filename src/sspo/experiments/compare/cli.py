@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .compare_report import write_report
+    from .report import write_report
 
     summary = (f"preset {args.preset}; objectives {args.objectives}; settings {args.settings}; "
                f"seeds {args.seeds}; ablations {args.ablations or 'none'}")  # fmt: skip
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         result = write_report(args.out, summary="", **report_kwargs)
         _print_outputs(result)
         return 0
-    from .compare_runs import build_plan, execute_plan
+    from .plan import build_plan, execute_plan
 
     plan = build_plan(
         args.out, preset=args.preset, objectives=_names(args.objectives), seeds=args.seeds,
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print_outputs(result: dict) -> None:
-    from .compare_report import markdown_table
+    from .report import markdown_table
 
     print(markdown_table(result["table"]))
     print("\n".join(str(p) for p in result["files"]))

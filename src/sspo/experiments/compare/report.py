@@ -16,8 +16,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..trainer.metrics_log import read_jsonl
-from .compare_aggregate import RUN_METRICS, group_stats, mean_ci, summarise_run
+from ...trainer.metrics_log import read_jsonl
+from .aggregate import RUN_METRICS, group_stats, mean_ci, summarise_run
 
 __all__ = ["collect", "write_report"]
 
@@ -98,7 +98,7 @@ def collect(out: str | Path, *, target: float | None = None, spike_window: int =
 
 
 def is_ablation(method: str) -> bool:
-    from .compare_runs import ABLATIONS
+    from .plan import ABLATIONS
 
     return any(method == name for group in ABLATIONS.values() for name, _ in group)
 
@@ -311,7 +311,7 @@ def plot_accuracy_bars(table: Sequence[dict], path: Path) -> Path:
 
 def make_plots(data: dict, table: Sequence[dict], plot_dir: Path) -> list[tuple[str, Path]]:
     """Every figure of the report: accuracy bars, one curve figure per setting, one for the ablations."""
-    from .compare_runs import ABLATION_SETTING
+    from .plan import ABLATION_SETTING
 
     figures = [("Final and best accuracy", plot_accuracy_bars(table, plot_dir / "accuracy.png"))]
     groups = method_order(data["records"])
@@ -335,7 +335,7 @@ def _img(path: Path) -> str:
 
 
 def html_report(table: Sequence[dict], figures: Sequence[tuple[str, Path]], meta: dict) -> str:
-    from .compare_runs import SETTING_NOTES, SETTINGS
+    from .plan import SETTING_NOTES, SETTINGS
 
     header, body = table_cells(table)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

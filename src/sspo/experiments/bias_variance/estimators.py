@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from .bias_variance_objectives import ObjectiveVariant
-from .bias_variance_policy import token_logprobs
+from .objectives import ObjectiveVariant
+from .policy import token_logprobs
 
 __all__ = ["gradient_metrics", "per_batch_gradients", "reference_loss"]
 
