@@ -21,6 +21,8 @@ SFT_SCHEDULES = ("cosine", "linear", "constant")
 """Learning-rate schedules of supervised training (``warm_start.schedule``)."""
 OLD_LOGPROBS = ("auto", "recompute", "sampler")
 """Sources of the behaviour log-probs (``update.old_logprobs``)."""
+SAMPLER_DTYPES = ("same", "float32", "bfloat16", "float16")
+"""Precisions the sampler may run in (``rollout.sampler_dtype``)."""
 TRUNCATED = ("drop", "zero", "score")
 """What happens to responses cut off at ``max_new_tokens`` (``rollout.truncated``)."""
 
@@ -67,6 +69,11 @@ class RolloutConfig:
     """Nucleus sampling threshold (1.0: off)."""
     backend: str = "auto"
     """Decoder: ``auto`` (lean decoder for Qwen2/Llama, else ``hf``), ``fast`` or ``hf``."""
+    sampler_dtype: str = "same"
+    """Train–inference mismatch, the off-policy source of every vLLM/SGLang + FSDP pipeline: sample with a
+    copy of the behaviour policy cast to this precision (e.g. ``bfloat16`` while training in float32) and
+    take the behaviour log-probs from that sampler, as such pipelines do, so that even the first update
+    of a fresh rollout sees ratios ≠ 1. ``same``: no mismatch (the sampler is the trained model)."""
     reward_timeout: float = 1.0
     """Seconds allowed per symbolic answer comparison."""
     truncated: str = "drop"
@@ -414,6 +421,10 @@ def validate(config: TrainConfig) -> None:
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.backend in ("auto", "fast", "hf"), "rollout.backend", f"{r.backend!r} is not one of auto, fast, hf")
     _require(r.reward_timeout > 0, "rollout.reward_timeout", f"must be > 0, got {r.reward_timeout}")
+    _require(r.sampler_dtype in SAMPLER_DTYPES, "rollout.sampler_dtype",
+             f"{r.sampler_dtype!r} is not one of {', '.join(SAMPLER_DTYPES)}")  # fmt: skip
+    _require(r.sampler_dtype == "same" or u.old_logprobs != "recompute", "rollout.sampler_dtype",
+             "a sampler of its own precision needs its own behaviour log-probs: set update.old_logprobs=auto or sampler")  # fmt: skip
     _require(r.truncated in TRUNCATED, "rollout.truncated", f"{r.truncated!r} is not one of {', '.join(TRUNCATED)}")
     _require(0 <= r.max_reward_error_frac <= 1, "rollout.max_reward_error_frac",
              f"must be in [0, 1], got {r.max_reward_error_frac}")  # fmt: skip

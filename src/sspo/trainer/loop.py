@@ -118,7 +118,12 @@ class Trainer:
         self.scorer = RewardScorer(timeout=config.rollout.reward_timeout)
         self.updates_per_step = config.update.mini_batches * config.update.epochs
         mode = config.update.old_logprobs
-        self.recompute_old = mode == "recompute" or (mode == "auto" and self.dtype != torch.float32)
+        sampler_dtype = config.rollout.sampler_dtype
+        self.sampler_dtype = None if sampler_dtype in ("same", str(self.dtype).removeprefix("torch.")) else getattr(torch, sampler_dtype)
+        """The train–inference mismatch: the sampler's own precision (``None``: it is the trained model's)."""
+        self.sampler_copy = None
+        self.recompute_old = self.sampler_dtype is None and (
+            mode == "recompute" or (mode == "auto" and self.dtype != torch.float32))
         self.total_updates = config.steps * self.updates_per_step
         o = config.optim
         # fused: one kernel for all parameters (about 6x faster than foreach for a 0.8M model on CPU)
@@ -164,6 +169,16 @@ class Trainer:
             return self.model
         self.behaviour.load_state_dict(self.history[0])
         return self.behaviour
+
+    def _sampler(self):
+        """The model that samples: the behaviour policy, or its copy in ``rollout.sampler_dtype``."""
+        behaviour = self._behaviour_model()
+        if self.sampler_dtype is None:
+            return behaviour
+        if self.sampler_copy is None:
+            self.sampler_copy = copy.deepcopy(behaviour).to(self.sampler_dtype).eval()
+        self.sampler_copy.load_state_dict(behaviour.state_dict())  # copy_ casts to the sampler's precision
+        return self.sampler_copy
 
     def _problems_for(self, step: int) -> list:
         p = self.config.rollout.prompts_per_step
@@ -221,7 +236,7 @@ class Trainer:
         c = self.config
         t0 = time.perf_counter()
         batch = make_rollout(
-            self._behaviour_model(), self.tokenizer, self._problems_for(step), self.scorer,
+            self._sampler(), self.tokenizer, self._problems_for(step), self.scorer,
             samples_per_prompt=c.rollout.samples_per_prompt, max_new_tokens=c.rollout.max_new_tokens,
             temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
             advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
@@ -236,7 +251,8 @@ class Trainer:
         for epoch in range(c.update.epochs):
             for idx in self.mini_batches(step, epoch, batch.input_ids.shape[0]):
                 # without a recompute, the policy is its own behaviour policy until its first applied update
-                own = counts["applied"] == 0 and not self.recompute_old and self.behaviour is None
+                own = (counts["applied"] == 0 and not self.recompute_old and self.behaviour is None
+                       and self.sampler_dtype is None)
                 metrics, outcome = self._update(batch, idx, old_from_self=own)
                 counts[outcome] += 1
                 if metrics is None:
@@ -281,6 +297,7 @@ class Trainer:
         micro = c.update.micro_batch_size or len(idx)
         collected = _StepStats()
         finite = torch.ones((), dtype=torch.bool, device=mask.device)
+        drift = []
         for part in idx.split(micro):
             mb = batch.select(part)
             logp, entropy = response_logprobs(self.model, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
@@ -296,6 +313,7 @@ class Trainer:
                 kl_estimator=o.kl_estimator, entropy=entropy, entropy_coef=o.entropy_coef, **norms, **o.params,
             )  # fmt: skip
             out.loss.backward()
+            drift.append((logp.detach().float() - mb["old_log_probs"].float())[mb["response_mask"]].abs())
             finite = finite & torch.isfinite(out.loss.detach())
             collected.add({**out.metrics, "loss": out.loss.detach()})
         clip = c.optim.grad_clip if c.optim.grad_clip > 0 else float("inf")
@@ -325,6 +343,10 @@ class Trainer:
         for key in ("ratio/min", "seq_weight/min"):
             metrics[key] = torch.stack(collected.values[key]).min()
         metrics["grad_norm"] = grad_norm.detach()
+        drift = torch.cat(drift)
+        if drift.numel():  # |Δ| quantiles over the update's valid tokens (the log-ratio the objective sees, unclamped)
+            metrics["drift/abs_log_ratio_p50"], metrics["drift/abs_log_ratio_p99"] = torch.quantile(
+                drift, torch.tensor([0.5, 0.99], dtype=drift.dtype, device=drift.device))
         return metrics, "applied" if applied else "skipped_nonfinite"
 
     # ------------------------------------------------------------------ the run
