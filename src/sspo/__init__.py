@@ -24,6 +24,7 @@ _EXPORTS = {
     "get_objective": "sspo.objectives",
     "policy_loss": "sspo.objectives",
     "register_gate": "sspo.objectives",
+    "match_clip_temperatures": "sspo.objectives",
     "TrainConfig": "sspo.trainer",
     "load_config": "sspo.trainer",
     "train": "sspo.trainer",

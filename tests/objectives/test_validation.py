@@ -76,7 +76,7 @@ def test_register_gate_checks_h0_and_dh0():
         sspo.register_gate("shifted", lambda d, tau: torch.atan(tau * d) / tau + 0.1)
     with pytest.raises(ValueError, match=r"gate 'steep' fails h'\(0\) = 1 at tau=0.5: h'\(0\) = 2"):
         sspo.register_gate("steep", lambda d, tau: 2 * torch.tanh(d))
-    with pytest.raises(ValueError, match="the given dh disagrees"):
+    with pytest.raises(ValueError, match="the given derivative disagrees"):
         sspo.register_gate("lying", lambda d, tau: torch.tanh(tau * d) / tau, lambda d, tau: torch.ones_like(d))
     assert "shifted" not in sspo.GATES and "steep" not in sspo.GATES
 
@@ -121,3 +121,19 @@ def test_non_finite_at_valid_positions_raises_and_masked_is_ignored(name):
     assert torch.isfinite(g).all() and (g[~mask] == 0).all()
     for key, value in dirty.metrics.items():
         assert torch.isfinite(value), key
+
+
+@pytest.mark.parametrize(("objective", "gate"), [("sspo", "arctan_ratio"), ("sspo", "gaussian"), ("sapo", "erf_ratio")])
+def test_trainer_config_accepts_every_gate_name(objective, gate):
+    config = sspo.load_config("tiny", [f"objective.name={objective}", f"objective.params.gate={gate}"])
+    assert config.objective.name == objective and config.objective.params["gate"] == gate
+
+
+def test_train_command_names_the_valid_gates(capsys):
+    from sspo.cli import main
+
+    assert main(["train", "--config", "tiny", "objective.params.gate=nope"]) == 2
+    err = capsys.readouterr().err
+    assert "objective.params: unknown gate 'nope'; valid gates: arctan, arctan_ratio, erf_ratio, gaussian" in err
+    assert main(["train", "--config", "tiny", "objective.name=sapo", "objective.params.gate=arctan"]) == 2
+    assert "gate 'arctan' is a log-space gate; a ratio-space gate is needed here" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Shared pieces of every objective: input checks, masking, log-ratio clamping, aggregation, metrics.
 
-Notation follows SPEC.md: ``m[i,t]`` response mask, ``n_i = Σ_t m[i,t]``, ``Δ = logp − old`` (clamped),
+Notation follows docs/objectives.md: ``m[i,t]`` response mask, ``n_i = Σ_t m[i,t]``, ``Δ = logp − old`` (clamped),
 ``G'`` = number of sequences with ``n_i > 0``. Every objective returns *terms of J*; the loss is ``−J``.
 """
 
@@ -53,6 +53,9 @@ class Terms:
     """``[B, T]`` token terms or ``[B]`` sequence terms of J."""
     seq_weight: Tensor
     """``[B]`` the sequence importance weight used (or the geometric-mean ratio for token objectives)."""
+    kept: Tensor
+    """``[B, T]`` (or ``[B, 1]``) detached share of the plain policy-gradient signal each token keeps:
+    1/0 (clip not binding / binding) for clipping objectives, the soft weight for gated ones."""
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -120,7 +123,7 @@ def aggregate(
     global_num_seqs=None,
     max_response_length: int | None = None,
 ) -> Tensor:
-    """Reduce token terms ``values[B, T]`` to a scalar (SPEC "Loss aggregation modes").
+    """Reduce token terms ``values[B, T]`` to a scalar (docs/objectives.md, "Aggregation").
 
     - ``token-mean``: ``Σ_{i,t} m·v / N`` with ``N`` = all response tokens of the batch;
     - ``seq-mean-token-mean``: ``1/G' Σ_i 1/n_i Σ_t m·v``;
@@ -266,6 +269,12 @@ def clip_metrics(low: Tensor, high: Tensor, mask: Tensor) -> dict[str, Tensor]:
         "pg_clipfrac_low": fraction(low, mask),
         "pg_clipfrac_high": fraction(high, mask),
     }
+
+
+def effective_ratio(kept: Tensor, mask: Tensor) -> Tensor:
+    """``update/effective_ratio``: mean over valid tokens of the share of the plain policy-gradient
+    signal each token keeps (``kept`` broadcasts to ``mask``)."""
+    return masked_mean(kept.detach().expand(mask.shape), mask)
 
 
 def soft_gate_metrics(weight: Tensor, mask: Tensor) -> dict[str, Tensor]:

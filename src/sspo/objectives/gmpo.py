@@ -20,4 +20,5 @@ def gmpo_terms(batch: PolicyBatch, *, clip_low: float = 0.4, clip_high: float = 
     weight = torch.exp(batch.seq_mean(ell))
     low = (delta < -clip_low) & (adv < 0)
     high = (delta > clip_high) & (adv > 0)
-    return Terms(batch.seq_adv * weight, weight, clip_metrics(low, high, batch.mask))
+    kept = (~(low | high)).to(weight.dtype)
+    return Terms(batch.seq_adv * weight, weight, kept, clip_metrics(low, high, batch.mask))

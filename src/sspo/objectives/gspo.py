@@ -23,7 +23,8 @@ def gspo_terms(batch: PolicyBatch, *, eps_low: float = 3e-4, eps_high: float = 4
     adv = batch.seq_adv
     low = (s < 1.0 - eps_low) & (adv < 0)
     high = (s > 1.0 + eps_high) & (adv > 0)
-    return Terms(_clipped(s, adv, eps_low, eps_high), s, clip_metrics(low, high, batch.seq_valid))
+    kept = (~(low | high)).to(s.dtype)[:, None]
+    return Terms(_clipped(s, adv, eps_low, eps_high), s, kept, clip_metrics(low, high, batch.seq_valid))
 
 
 def gspo_token_terms(batch: PolicyBatch, *, eps_low: float = 3e-4, eps_high: float = 4e-4) -> Terms:
@@ -34,4 +35,5 @@ def gspo_token_terms(batch: PolicyBatch, *, eps_low: float = 3e-4, eps_high: flo
     s = torch.exp(log_s)
     low = (s[:, None] < 1.0 - eps_low) & (adv < 0)
     high = (s[:, None] > 1.0 + eps_high) & (adv > 0)
-    return Terms(_clipped(s_tok, adv, eps_low, eps_high), s, clip_metrics(low, high, batch.mask))
+    kept = (~(low | high)).to(s.dtype)
+    return Terms(_clipped(s_tok, adv, eps_low, eps_high), s, kept, clip_metrics(low, high, batch.mask))

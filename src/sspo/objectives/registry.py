@@ -17,6 +17,7 @@ from .core import (
     Terms,
     aggregate,
     aggregate_sequences,
+    effective_ratio,
     masked_stats,
     prepare_batch,
     sequence_weight_metrics,
@@ -113,7 +114,7 @@ def policy_loss(
     check_finite: bool = True,
     **hyperparameters,
 ) -> LossOutput:
-    """Loss ``−J + kl_coef·KL − entropy_coef·H`` of objective ``name`` (see SPEC.md) and its metrics.
+    """Loss ``−J + kl_coef·KL − entropy_coef·H`` of objective ``name`` (see docs/objectives.md) and its metrics.
 
     ``log_probs``/``old_log_probs``/``response_mask``: ``[B, T]``; ``advantages``: ``[B]`` or ``[B, T]``.
     KL and entropy are aggregated like the objective's token terms (``loss_agg_mode``).
@@ -149,6 +150,7 @@ def policy_loss(
     metrics.update(masked_stats("ratio", torch.exp(batch.log_ratio), batch.mask))
     metrics.update(sequence_weight_metrics(terms.seq_weight, batch.seq_valid))
     metrics.update(terms.metrics)
+    metrics["update/effective_ratio"] = effective_ratio(terms.kept, batch.mask)
 
     if kl_coef:
         if ref_log_probs is None:
