@@ -4,9 +4,19 @@
 >>> math_reward("3+4=7. #### 7", "7")
 1.0
 
-See ``docs/tasks_and_rewards.md`` for the extraction order, the time bound and the metrics.
+See ``docs/tasks_and_rewards.md`` for the extraction order, the time bound and the metrics, and
+``docs/code_tasks.md`` for the execution reward of coding tasks (:func:`code_reward`).
 """
 
+from sspo.rewards.code import (
+    CODE_METRIC_KEYS,
+    CODE_STATUSES,
+    CodeGrade,
+    CodeScorer,
+    code_metrics,
+    code_reward,
+    extract_code,
+)
 from sspo.rewards.extract import extract_final_answer
 from sspo.rewards.numbers import parse_number
 from sspo.rewards.scoring import (
@@ -21,6 +31,13 @@ from sspo.rewards.scoring import (
 from sspo.rewards.symbolic import STATUSES, SymbolicVerifier, is_safe_expression
 
 __all__ = [
+    "CODE_METRIC_KEYS",
+    "CODE_STATUSES",
+    "CodeGrade",
+    "CodeScorer",
+    "code_metrics",
+    "code_reward",
+    "extract_code",
     "METRIC_KEYS",
     "STATUSES",
     "Grade",
