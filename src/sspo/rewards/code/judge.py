@@ -245,15 +245,15 @@ class Candidate:
                 return codec.decode(reply[1], list_node=self._list_node, tree_node=self._tree_node)
             except codec.CodecError as exc:
                 raise ProgramGone("crashed", f"returned malformed data ({exc})") from None
-        if op in ("raise", "unsupported") and len(reply) == 3 and all(type(x) is str for x in reply[1:]):
+        if op == "unsupported" and len(reply) == 2 and type(reply[1]) is str:
+            self.calls += 1
+            raise CandidateError(f"returned a value that is not plain data ({reply[1][:300]})")
+        if op == "raise" and len(reply) == 3 and all(type(x) is str for x in reply[1:]):
             name, message = reply[1][:100], reply[2][:300]
-            if op == "unsupported":
-                self.calls += 1
-                raise CandidateError(f"returned a value that is not plain data ({message})")
             cls = _SAFE_EXCEPTIONS.get(name)
             self.calls += 1
             try:
-                error = cls(message) if cls is not None else CandidateError(message)
+                error = cls(message) if cls is not None else CandidateError(f"{name}: {message}")
             except Exception:
                 error = CandidateError(message)
             raise error
@@ -270,8 +270,8 @@ class SandboxBroken(Exception):
 class Zygote:
     """Starts ``sandbox.py`` in the strongest mode that works and talks to it."""
 
-    def __init__(self, isolation: str, nproc_base: int):
-        self.isolation, self.nproc_base = isolation, nproc_base
+    def __init__(self, isolation: str, uid: int, nproc_base: int):
+        self.isolation, self.uid, self.nproc_base = isolation, uid, nproc_base
         self.proc: subprocess.Popen | None = None
         self.control: socket.socket | None = None
         self.info: dict = {}
@@ -287,7 +287,7 @@ class Zygote:
         return (["ns"] if os.geteuid() == 0 else []) + ["userns", "process"]
 
     def command(self, mode: str, fd: int) -> list[str]:
-        script = [sys.executable, "-s", "-B", SANDBOX_SCRIPT, str(fd), mode, str(self.nproc_base)]
+        script = [sys.executable, "-s", "-B", SANDBOX_SCRIPT, str(fd), mode, str(self.uid), str(self.nproc_base)]
         if mode == "process":
             return script
         user = ["--user", "--map-root-user"] if mode == "userns" else []
@@ -362,8 +362,8 @@ def _stop(proc: subprocess.Popen) -> None:
 class Judge:
     """Judges requests one at a time, with one zygote (restarted when it breaks)."""
 
-    def __init__(self, isolation: str, nproc_base: int):
-        self.zygote = Zygote(isolation, nproc_base)
+    def __init__(self, isolation: str, uid: int, nproc_base: int):
+        self.zygote = Zygote(isolation, uid, nproc_base)
 
     def start(self) -> dict:
         self.zygote.start()
@@ -538,13 +538,14 @@ def _tasks_of(uid: int) -> int:
 def main(argv: list[str]) -> None:
     """Serve JSON-line requests on stdin; reply on the original stdout (prints go to /dev/null)."""
     isolation = argv[1]
-    nproc_base = _tasks_of(sandbox.UNPRIVILEGED_UID if os.geteuid() == 0 else os.getuid())
+    uid = sandbox.SANDBOX_UID_BASE + os.getpid() if os.geteuid() == 0 else os.getuid()
+    nproc_base = _tasks_of(uid)
     reader = os.fdopen(os.dup(0), "rb")
     writer = os.fdopen(os.dup(1), "wb")
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    judge = Judge(isolation, nproc_base)
+    judge = Judge(isolation, uid, nproc_base)
 
     def send(message: dict) -> None:
         writer.write(json.dumps(message).encode() + b"\n")

@@ -3,7 +3,7 @@
 The judge (``judge.py``) starts it as a plain script, never importing ``sspo``::
 
     unshare --pid --net --mount --ipc --uts --fork --kill-child --mount-proc \\
-        python -I -B sandbox.py CONTROL_FD ns NPROC_BASE
+        python -s -B sandbox.py CONTROL_FD ns UID NPROC_BASE
 
 (``--user --map-root-user`` is added for a non-root user: mode ``userns``; without ``unshare`` the
 mode is ``process``). The **zygote** runs trusted code only. Once, at start, it imports the modules
@@ -49,12 +49,16 @@ else:  # run as a script by the judge or the scorer: load the siblings as plain 
 
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
-UNPRIVILEGED_UID = 65534
-"""The uid/gid programs run as when the sandbox is root (``nobody``)."""
+SANDBOX_UID_BASE = 1_500_000_000
+"""Programs run as uid/gid ``SANDBOX_UID_BASE + judge pid`` when the sandbox is root: a uid no
+account uses, a different one per judge, so that the per-user process limit (``RLIMIT_NPROC``) of
+one judge's program is not used up by a fork bomb in another's, and programs of different judges
+cannot signal each other."""
 PREIMPORTED = (
-    "abc array bisect builtins cmath collections copy dataclasses datetime decimal enum fractions "
-    "functools hashlib heapq itertools json math numbers operator queue random re statistics string "
-    "textwrap time typing unicodedata numpy sortedcontainers"
+    "abc array base64 binascii bisect builtins calendar cmath collections collections.abc contextlib copy "
+    "dataclasses datetime decimal enum fractions functools hashlib heapq io itertools json math numbers "
+    "operator pprint queue random re secrets signal socket statistics string struct subprocess textwrap "
+    "threading time types typing unicodedata weakref zlib numpy sortedcontainers"
 ).split()
 """Imported once by the zygote so that programs get them without touching the disk."""
 HARD_GRACE_S = 5.0
@@ -234,8 +238,8 @@ def build_root() -> str:
 class Layers:
     """Which isolation layers the zygote found working (decided once, at start)."""
 
-    def __init__(self, mode: str):
-        self.mode = mode
+    def __init__(self, mode: str, uid: int):
+        self.mode, self.uid = mode, uid
         self.pid_namespace = mode in ("ns", "userns")
         self.mount_namespace = self.pid_namespace
         self.root = ""  # the read-only root, when built
@@ -249,6 +253,7 @@ class Layers:
             "network_namespace": self.mode in ("ns", "userns"),
             "private_filesystem": bool(self.root),
             "unprivileged_uid": self.drop_uid,
+            "uid": self.uid if self.drop_uid else None,
             "capabilities_dropped": self.drop_caps or self.drop_uid,
         }
 
@@ -295,7 +300,7 @@ def _setup_child(spec: dict, layers: Layers, workdir: str, nproc_base: int) -> N
     _close_all_but_channel()
     if layers.root:
         _unshare(CLONE_NEWNS | CLONE_NEWIPC)
-        owner = f",uid={UNPRIVILEGED_UID},gid={UNPRIVILEGED_UID}" if layers.drop_uid else ""
+        owner = f",uid={layers.uid},gid={layers.uid}" if layers.drop_uid else ""
         size = int(spec["tmp_mb"])
         _mount("tmpfs", layers.root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,nr_inodes=4096,mode=0700{owner}")
         os.chroot(layers.root)
@@ -310,9 +315,9 @@ def _setup_child(spec: dict, layers: Layers, workdir: str, nproc_base: int) -> N
     _set_limits(spec, nproc_base)
     if layers.drop_uid:
         os.setgroups([])
-        os.setresgid(UNPRIVILEGED_UID, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
-        os.setresuid(UNPRIVILEGED_UID, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
-        if os.getuid() != UNPRIVILEGED_UID or os.geteuid() != UNPRIVILEGED_UID:
+        os.setresgid(layers.uid, layers.uid, layers.uid)
+        os.setresuid(layers.uid, layers.uid, layers.uid)
+        if os.getuid() != layers.uid or os.geteuid() != layers.uid:
             raise OSError("uid was not dropped")
     elif layers.drop_caps:
         _drop_capabilities()
@@ -340,6 +345,13 @@ def _close_all_but_channel() -> None:
 def _node_class(namespace: dict, name: str, fallback):
     cls = namespace.get(name)
     return cls if isinstance(cls, type) else fallback
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)[:300]
+    except BaseException:  # a hostile __str__
+        return ""
 
 
 def _short(exc: BaseException) -> str:
@@ -380,7 +392,7 @@ def _serve(chan: socket.socket, source: str, entry_point: str) -> None:
         try:
             result = candidate(*args, **kwargs)
         except BaseException as exc:
-            _send(chan, ["raise", type(exc).__name__[:100], _short(exc)])
+            _send(chan, ["raise", type(exc).__name__[:100], _message(exc)])
             continue
         try:
             reply = codec.dumps(["ok", codec.encode(result, lenient=True)])
@@ -416,10 +428,10 @@ def _child(chan_fd: int, spec: dict, layers: Layers, workdir: str, nproc_base: i
 class Zygote:
     """Forks children on request, kills them on request or at their hard deadline, reaps them."""
 
-    def __init__(self, control: socket.socket, mode: str, nproc_base: int):
+    def __init__(self, control: socket.socket, mode: str, uid: int, nproc_base: int):
         self.control = control
         self.nproc_base = nproc_base
-        self.layers = Layers(mode)
+        self.layers = Layers(mode, uid)
         self.missing: list[str] = []
         self.children: dict[int, tuple[float, str]] = {}  # pid -> (hard deadline, work dir or "")
         self.finished: dict[int, str] = {}  # pid -> how it ended, until the judge asks
@@ -456,21 +468,35 @@ class Zygote:
         _check(_libc.setns(self.own_pid_ns, CLONE_NEWPID), "setns")
 
     def _probe(self) -> str:
-        """Set up one child for a trivial program; return its setup error ('' when it worked)."""
+        """Set up one child and import from the standard library in it.
+
+        Returns the set-up error ('' when set-up worked); an import failure is recorded as a
+        missing layer (the sandbox uid cannot read the interpreter: only preloaded modules work).
+        """
         ours, theirs = socket.socketpair()
-        spec = {"source": "", "entry_point": "len", "memory_mb": 1024, "timeout": 5, "tmp_mb": 1, "max_processes": 4}
+        stdlib = os.path.dirname(os.__file__)
+        source = f"import os\nos.listdir({stdlib!r})\n"
+        spec = {"source": source, "entry_point": "len", "memory_mb": 1024, "timeout": 5, "tmp_mb": 1, "max_processes": 4}
         pid = self._fork(theirs.fileno(), spec)
         theirs.close()
         ours.settimeout(20)
+        messages = []
         try:
-            data, _ = recv_frame(ours)
-            message = codec.loads(data) if data else ["setup_error", "the child died during set-up"]
+            for _ in range(2):
+                data, _ = recv_frame(ours)
+                messages.append(codec.loads(data) if data else ["setup_error", "the child died during set-up"])
         except (OSError, codec.CodecError) as exc:
-            message = ["setup_error", str(exc)]
+            messages.append(["setup_error", str(exc)])
         ours.close()
         self._kill(pid)
         self.finished.pop(pid, None)
-        return "" if message == ["setup"] else str(message[-1])
+        if messages[0] != ["setup"]:
+            return str(messages[0][-1])
+        if messages[-1] != ["ready"]:
+            self.missing.append(
+                f"imports from disk (the sandbox user cannot read {stdlib}; only the preloaded modules import)"
+            )
+        return ""
 
     def _fork(self, chan_fd: int, spec: dict) -> int:
         workdir = ""
@@ -479,7 +505,7 @@ class Zygote:
 
             workdir = tempfile.mkdtemp(prefix="sspo-program-")
             if self.layers.drop_uid:
-                os.chown(workdir, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+                os.chown(workdir, self.layers.uid, self.layers.uid)
         if self.layers.pid_namespace:
             _unshare(CLONE_NEWPID)  # the next child is init of a new PID namespace
         try:
@@ -644,7 +670,7 @@ def _preimport() -> None:
 def main(argv: list[str]) -> None:
     control = socket.socket(fileno=int(argv[1]))
     control.setblocking(True)
-    mode, nproc_base = argv[2], int(argv[3])
+    mode, uid, nproc_base = argv[2], int(argv[3]), int(argv[4])
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -652,7 +678,7 @@ def main(argv: list[str]) -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _preimport()
     os.environ.clear()
-    zygote = Zygote(control, mode, nproc_base)
+    zygote = Zygote(control, mode, uid, nproc_base)
     try:
         zygote.prepare()
     except OSError as exc:
