@@ -5,6 +5,7 @@
     sspo resume RUN_DIR
     sspo eval --model PATH_OR_RUN_DIR [--task ...]
     sspo compare --objectives sspo,grpo --seeds 3 --preset tiny
+    sspo stress [--quick]
     sspo study bias-variance [--out DIR ...]
 """
 
@@ -60,6 +61,13 @@ def _add_compare(sub) -> None:
     add_arguments(p)
 
 
+def _add_stress(sub) -> None:
+    p = sub.add_parser("stress", help="the off-policy stress ladder with paired statistics (see docs/stress.md)")
+    from .experiments.stress.cli import add_arguments
+
+    add_arguments(p)
+
+
 def _add_study(sub) -> None:
     p = sub.add_parser("study", help="exact studies of the objectives")
     studies = p.add_subparsers(dest="study", required=True)
@@ -72,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sspo", description="Soft Sequence Policy Optimization for RLVR.")
     parser.add_argument("--version", action="version", version="sspo 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_resume, _add_eval, _add_compare, _add_study):
+    for add in (_add_demo, _add_train, _add_resume, _add_eval, _add_compare, _add_stress, _add_study):
         add(sub)
     return parser
 
@@ -136,6 +144,12 @@ def _cmd_compare(args) -> int:
     return main(args)
 
 
+def _cmd_stress(args) -> int:
+    from .experiments.stress.cli import main
+
+    return main(args)
+
+
 def _cmd_study(args) -> int:
     from .experiments.bias_variance.study import main
 
@@ -146,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handlers = {"demo": _cmd_demo, "train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
-                "compare": _cmd_compare, "study": _cmd_study}  # fmt: skip
+                "compare": _cmd_compare, "stress": _cmd_stress, "study": _cmd_study}  # fmt: skip
     from .trainer.config import ConfigError
     from .trainer.loop import TrainingError
 

@@ -176,7 +176,7 @@ class WarmStarts:
         """Make ``job`` (a training run) wait for its warm start, adding that warm start if new."""
         from ..trainer.config import config_from_dict
 
-        typed = config_from_dict(job.config)
+        typed = config_from_dict(job.config, check=False)  # validated by run_config
         if typed.warm_start.steps == 0:
             return
         key = self._key(typed)

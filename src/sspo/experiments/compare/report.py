@@ -7,8 +7,6 @@ control results, so a report can be rebuilt at any time (``--report-only``), als
 
 from __future__ import annotations
 
-import base64
-import csv
 import html
 import json
 import math
@@ -17,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...trainer.metrics_log import read_jsonl
+from ..reporting import HTML_STYLE, SMOOTH, band, finished_runs, img_tag, series, write_csv
 from .aggregate import RUN_METRICS, group_stats, mean_ci, summarise_run
 
 __all__ = ["collect", "write_report"]
@@ -34,8 +33,6 @@ CURVES = (
     ("seq_weight/ess", "sequence-weight ESS", "step"),
     ("restricted", "attenuated (h'<0.5) or clipped tokens", "step"),
 )
-SMOOTH = 5
-"""Per-step curves (not accuracy) are trailing means over this many steps before averaging seeds."""
 
 TABLE_COLUMNS = (
     ("acc_final", "acc final", 3),
@@ -57,20 +54,10 @@ TABLE_COLUMNS = (
 
 
 # ----------------------------------------------------------------------------- reading
-def _finished_runs(out: Path) -> list[tuple[str, str, int, Path]]:
-    found = []
-    for final in sorted((out / "runs").glob("*/*/seed*/final_metrics.json")):
-        run_dir = final.parent
-        seed = run_dir.name[4:]
-        if seed.isdigit():
-            found.append((run_dir.parent.parent.name, run_dir.parent.name, int(seed), run_dir))
-    return found
-
-
 def collect(out: str | Path, *, target: float | None = None, spike_window: int = 20, spike_k: float = 6.0) -> dict:
     """Per-run records, SFT controls, the target used and the per-step rows of every finished run."""
     out = Path(out)
-    runs = _finished_runs(out)
+    runs = finished_runs(out)
     rows_of = {(s, m, seed): read_jsonl(d / "metrics.jsonl") for s, m, seed, d in runs}
     finals = {(s, m, seed): json.loads((d / "final_metrics.json").read_text()) for s, m, seed, d in runs}
     before = [f["accuracy_before"] for f in finals.values() if isinstance(f.get("accuracy_before"), int | float)]
@@ -167,18 +154,6 @@ def table_cells(table: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def write_csv(path: Path, rows: Sequence[dict]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
-                             for k, v in row.items()})  # fmt: skip
-
-
 def markdown_table(table: Sequence[dict]) -> str:
     header, body = table_cells(table)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -187,48 +162,6 @@ def markdown_table(table: Sequence[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
-def _series(rows: Sequence[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    last_elapsed = 0.0
-    for r in rows:
-        if isinstance(r.get("time/elapsed_s"), int | float):
-            last_elapsed = r["time/elapsed_s"]
-        if key == "restricted":
-            value = r.get("gate/attenuated_frac", r.get("pg_clipfrac"))
-        else:
-            value = r.get(key)
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            continue
-        if key != "eval/accuracy" and r.get("step", 0) < 1:
-            continue
-        xs.append(r["step"] if x_key == "step" else (last_elapsed if r.get("step", 0) > 0 else 0.0))
-        ys.append(float(value))
-    if key != "eval/accuracy" and len(ys) > 1:
-        ys = [sum(ys[max(0, i - SMOOTH + 1): i + 1]) / (i + 1 - max(0, i - SMOOTH + 1)) for i in range(len(ys))]
-    return xs, ys
-
-
-def _band(per_seed: list[tuple[list[float], list[float]]], by_time: bool):
-    """Mean and min–max over seeds at each x (x = step; for time, seed curves are interpolated on a grid)."""
-    if not by_time:
-        values: dict[float, list[float]] = defaultdict(list)
-        for xs, ys in per_seed:
-            seen: dict[float, float] = {}
-            for x, y in zip(xs, ys):
-                seen[x] = y  # the final evaluation shares the last step's x: keep the last value
-            for x, y in seen.items():
-                values[x].append(y)
-        grid = sorted(values)
-        return grid, [sum(values[x]) / len(values[x]) for x in grid], [min(values[x]) for x in grid], \
-            [max(values[x]) for x in grid]  # fmt: skip
-    import numpy as np
-
-    end = min(max(xs) for xs, _ in per_seed if xs)
-    grid = np.linspace(0, end, 50)
-    curves = np.array([np.interp(grid, xs, ys) for xs, ys in per_seed if xs])
-    return list(grid), list(curves.mean(0)), list(curves.min(0)), list(curves.max(0))
-
-
 def plot_setting(data: dict, setting: str, methods: Sequence[str], path: Path, title: str) -> Path:
     """Mean curves with seed bands (min–max over seeds) per method; control lines on accuracy panels."""
     import matplotlib
@@ -241,12 +174,12 @@ def plot_setting(data: dict, setting: str, methods: Sequence[str], path: Path, t
     for ax, (key, label, x_key) in zip(axes.flat, CURVES):
         drawn = False
         for i, method in enumerate(methods):
-            per_seed = [_series(rows, key, x_key) for (s, m, _), rows in sorted(data["rows"].items()) if
+            per_seed = [series(rows, key, x_key) for (s, m, _), rows in sorted(data["rows"].items()) if
                         s == setting and m == method]  # fmt: skip
             per_seed = [c for c in per_seed if c[0]]
             if not per_seed:
                 continue
-            grid, mean, low, high = _band(per_seed, x_key != "step")
+            grid, mean, low, high = band(per_seed, x_key != "step")
             color = colors[i % len(colors)]
             ax.plot(grid, mean, color=color, label=f"{method} (n={len(per_seed)})",
                     marker="o" if key == "eval/accuracy" and x_key == "step" else None, ms=3)  # fmt: skip
@@ -329,11 +262,6 @@ def make_plots(data: dict, table: Sequence[dict], plot_dir: Path) -> list[tuple[
 
 
 # ----------------------------------------------------------------------------- HTML
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}" style="max-width:100%">'
-
-
 def html_report(table: Sequence[dict], figures: Sequence[tuple[str, Path]], meta: dict) -> str:
     from .plan import SETTING_NOTES, SETTINGS
 
@@ -343,16 +271,12 @@ def html_report(table: Sequence[dict], figures: Sequence[tuple[str, Path]], meta
     settings = "".join(f"<tr><td>{html.escape(n)}</td><td><code>{html.escape(' '.join(f'{k}={v}' for k, v in o.items()) or '—')}"
                        f"</code></td><td>{html.escape(SETTING_NOTES[n])}</td></tr>" for n, o in SETTINGS.items())  # fmt: skip
     definitions = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in RUN_METRICS.items())
-    plots = "".join(f"<h2>{html.escape(title)}</h2>{_img(path)}" for title, path in figures)
+    plots = "".join(f"<h2>{html.escape(title)}</h2>{img_tag(path)}" for title, path in figures)
     target = meta.get("target")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>sspo compare</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 13px; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }}
-th {{ background: #f3f3f3; }} td:nth-child(-n+2) {{ text-align: left; }}
-code {{ font-size: 12px; }}
+{HTML_STYLE}
 </style></head><body>
 <h1>sspo compare</h1>
 <p>{html.escape(meta.get("summary", ""))}</p>

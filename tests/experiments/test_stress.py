@@ -1,0 +1,149 @@
+"""``sspo stress``: the ladder's plan, its statistics on known inputs, and a smoke run of the command."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from sspo.cli import main
+from sspo.experiments.stats import paired_bootstrap_ci, paired_diff
+from sspo.experiments.stress.aggregate import (
+    area_under_curve,
+    cell_table,
+    frontier,
+    summarise_stress_run,
+    wilson_interval,
+)
+from sspo.experiments.stress.ladder import FULL, LEVELS, QUICK, build_plan, variants
+
+TINY = [
+    "steps=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
+    "eval.num_problems=4", "eval.every=1", "warm_start.steps=2", "warm_start.batch_size=4", "task.train_size=64",
+    "rollout.truncated=score", "objective.entropy_coef=0.01",  # an untrained model: updates need a signal
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the plan
+def test_the_full_ladder_is_paired_within_a_seed(tmp_path):
+    plan = build_plan(tmp_path, FULL, workers=2, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])
+    sweeps = sum(len(v) for v in variants().values())
+    assert len(plan.runs) == 8 * (len(LEVELS) * 6 + sweeps) and len(plan.warm_starts) == 1
+    assert all(job.needs == [plan.warm_starts[0].name] for job in plan.runs)  # one warm start for all
+    by_level = {}
+    for job in plan.runs:
+        by_level.setdefault((job.setting, job.seed), []).append(job.config)
+    for (level, seed), configs in by_level.items():
+        overrides = next(lv.overrides for lv in LEVELS if lv.name == level)
+        for config in configs:
+            assert config["seed"] == seed and config["threads"] == 1 and config["steps"] == 60
+            assert config["update"]["mini_batches"] == overrides["update.mini_batches"]
+            assert config["update"]["staleness"] == overrides["update.staleness"]
+            assert config["rollout"]["sampler_dtype"] == overrides.get("rollout.sampler_dtype", "same")
+            # paired: everything but the objective (and the run directory) is the same within a level and seed
+            strip = {k: v for k, v in config.items() if k not in ("objective", "out_dir")}
+            assert strip == {k: v for k, v in configs[0].items() if k not in ("objective", "out_dir")}
+    assert [lv.name for lv in LEVELS if lv.name.startswith("L")] == ["L0", "L1", "L2", "L3", "L4"]
+
+
+def test_sweeps_hold_the_temperatures_matched_to_grpos_clip():
+    sweeps = {v.method: v for group in variants().values() for v in group}
+    matched = sweeps["sspo-tau-matched"].params
+    assert matched == {"tau_pos": round(1 / math.log(1.2), 4), "tau_neg": round(1 / abs(math.log(0.8)), 4)}
+    assert sweeps["sspo-tau-10"].params == {"tau_pos": 10, "tau_neg": 10.5}
+    assert sweeps["sspo-arctan_ratio-tau-10"].params["gate"] == "arctan_ratio"
+    assert {v.objective for v in sweeps.values()} == {"sspo", "sapo"}
+
+
+def test_the_quick_ladder_is_small(tmp_path):
+    plan = build_plan(tmp_path, QUICK, workers=2, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])
+    assert len(plan.runs) == 2 * 3 * 3 and {j.config["steps"] for j in plan.runs} == {30}
+
+
+def test_the_baseline_is_required(tmp_path):
+    import dataclasses
+
+    from sspo.trainer import ConfigError
+
+    with pytest.raises(ConfigError, match="--objectives: must include grpo"):
+        build_plan(tmp_path, dataclasses.replace(QUICK, objectives=("sspo",)))
+    with pytest.raises(ConfigError, match="--levels: unknown level 'L9'"):
+        build_plan(tmp_path, dataclasses.replace(QUICK, levels=("L9",)))
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_paired_difference_on_known_inputs():
+    d = paired_diff([0.5, 0.6, 0.7, math.nan], [0.4, 0.4, 0.5, 0.3])  # the NaN pair is dropped
+    assert d["n"] == 3 and d["mean"] == pytest.approx(1 / 6)
+    half = 4.302652729911275 * math.sqrt(1 / 300) / math.sqrt(3)  # t_{0.975,2}·s/√n, s = 0.0577
+    assert d["half"] == pytest.approx(half, rel=1e-9) and d["lo"] == pytest.approx(1 / 6 - half)
+    assert paired_bootstrap_ci([1.0, 2.0, 3.0], [0.5, 1.5, 2.5]) == (0.5, 0.5)  # constant differences
+    lo, hi = paired_bootstrap_ci([0.1, 0.5, 0.2, 0.9, 0.4], [0.0] * 5, resamples=20_000)
+    assert 0.1 <= lo < 0.42 < hi <= 0.9
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_diff([1.0], [1.0, 2.0])
+
+
+def test_wilson_interval_and_area_under_the_curve():
+    assert wilson_interval(0, 8) == (0.0, pytest.approx(0.32440, abs=1e-5))
+    assert wilson_interval(8, 8) == (pytest.approx(0.67560, abs=1e-5), 1.0)
+    assert area_under_curve([(0, 0.3), (10, 0.5), (20, 0.4)]) == pytest.approx(0.425)
+    assert area_under_curve([(0, 0.3), (10, 0.5), (10, 0.7)]) == pytest.approx(0.5)  # the final eval replaces
+
+
+def _rows(accuracies, **per_step):
+    rows = [{"step": 0, "eval/accuracy": accuracies[0]}]
+    for step, acc in enumerate(accuracies[1:], start=1):
+        rows.append({"step": step, "time/step_s": 1.0, "eval/accuracy": acc, **per_step})
+    return rows
+
+
+def test_a_run_collapses_at_ten_points_below_its_start():
+    held = summarise_stress_run(_rows([0.35, 0.26, 0.40], ppo_kl=0.01, **{"gate/attenuated_frac": 0.2}))
+    assert held["collapsed"] == 0.0 and held["acc_final"] == 0.40 and held["gain"] == pytest.approx(0.05)
+    assert held["restricted_frac"] == 0.2 and held["ppo_kl"] == 0.01
+    fell = summarise_stress_run(_rows([0.35, 0.25, 0.40], pg_clipfrac=0.1))
+    assert fell["collapsed"] == 1.0 and fell["restricted_frac"] == 0.1 and fell["acc_best"] == 0.40
+
+
+def _record(level, method, seed, final, start=0.3):
+    return {"level": level, "method": method, "seed": seed, "acc_start": start, "acc_final": final,
+            "acc_best": final, "auc": final, "gain": final - start, "collapsed": float(final < start - 0.1),
+            "ppo_kl": 0.1, "abs_log_ratio_p50": 0.0, "abs_log_ratio_p99": 1.0, "seq_weight_ess": 1.0,
+            "effective_ratio": 1.0, "restricted_frac": 0.0, "ess_min": 1.0, "nonfinite_updates": 0}  # fmt: skip
+
+
+def test_cells_pair_seeds_against_grpo_and_the_frontier_reads_the_ladder():
+    records = []
+    for seed, (g0, s0, g1, s1) in enumerate([(0.40, 0.45, 0.35, 0.10), (0.42, 0.44, 0.33, 0.15),
+                                             (0.38, 0.47, 0.31, 0.12)]):  # fmt: skip
+        records += [_record("L0", "grpo", seed, g0), _record("L0", "sspo", seed, s0),
+                    _record("L1", "grpo", seed, g1), _record("L1", "sspo", seed, s1)]  # fmt: skip
+    table = cell_table(records, level_order=["L0", "L1"])
+    assert [(r["level"], r["method"]) for r in table] == [("L0", "grpo"), ("L0", "sspo"), ("L1", "grpo"), ("L1", "sspo")]
+    l1_sspo = table[3]
+    assert l1_sspo["d_acc_final_vs_grpo"] == pytest.approx(-0.20666666, abs=1e-6)
+    assert l1_sspo["d_acc_final_pairs"] == 3 and l1_sspo["d_acc_final_t_hi"] < 0
+    assert l1_sspo["collapse_rate"] == 1.0 and l1_sspo["collapse_lo"] > 0.4
+    assert table[0]["d_acc_final_vs_grpo"] == 0.0
+    front = frontier(table, ["L0", "L1"])
+    assert front["grpo"] == {"mean": "L1", "certain": "L0", "possible": "L1"}
+    assert front["sspo"] == {"mean": "L0", "certain": "L0", "possible": "L0"}
+
+
+# ----------------------------------------------------------------------------- the command
+def test_smoke_stress_with_a_mismatched_sampler(tmp_path):
+    out = tmp_path / "stress"
+    argv = ["stress", "--levels", "M0", "--objectives", "grpo,sspo", "--seeds", "1", "--sweeps", "",
+            "--workers", "2", "--out", str(out), *TINY, f"warm_start.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    assert main(argv) == 0
+    with open(out / "stress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["level"], r["method"]) for r in rows] == [("M0", "grpo"), ("M0", "sspo")]
+    assert all(r["seeds"] == "1" for r in rows)
+    assert all(float(r["abs_log_ratio_p99"]) > 0 for r in rows)  # the bf16 sampler: ratios != 1 from the start
+    html = (out / "report.html").read_text()
+    assert html.count("<img src=\"data:image/png;base64,") == 2 and "Stability frontier" in html
+    assert "half-width of a Student-t 95 % confidence interval" in (out / "stress.md").read_text()
+    assert main([*argv, "--report-only"]) == 0  # re-aggregates what is there
