@@ -58,10 +58,17 @@ def hostile_cases(tokens: dict[str, str], secret_path: str, canaries: list[str],
             "fork_bomb",
             "import os\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
         ),
-        Case("memory_bomb", "def add(a, b):\n    hog = bytearray(3 * 2**30)\n    return a + b\n"),
+        # (mmap'd memory is reserved at once and touched lazily: without a limit these would finish in
+        # time and pass, so a missing limit fails the test.)
+        Case("memory_bomb", "import mmap\ndef add(a, b):\n    hog = mmap.mmap(-1, 3 * 2**30)\n    hog[-1] = 1\n    return a + b\n"),
         Case(
             "gradual_memory_growth",
-            "def add(a, b):\n    hog = []\n    for _ in range(1536):\n        hog.append(b'x' * 2**20)\n    return a + b\n",
+            "import mmap\ndef add(a, b):\n    hog = []\n    for _ in range(1536):\n"
+            "        hog.append(mmap.mmap(-1, 2**20))\n        hog[-1][0] = 1\n    return a + b\n",
+        ),
+        Case(
+            "python_object_growth",
+            "def add(a, b):\n    hog = []\n    while True:\n        hog.append(b'x' * 2**20)\n",
         ),
         Case(
             "stdout_flood",

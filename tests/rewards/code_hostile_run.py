@@ -107,10 +107,15 @@ def main(config: dict) -> dict:
         grades = scorer.grade_batch([c.program for c in runnable], [c.problem for c in runnable])
         for case, grade in zip(runnable, grades):
             report["grades"][case.name] = grade.__dict__
-        after = sandbox_processes(scorer)
+        # Killed programs are reaped asynchronously: allow a moment, then nothing may be left.
+        for _ in range(40):
+            after = sandbox_processes(scorer)
+            report["programs_left"] = after["programs"]
+            report["strays"] = strays(bool(scorer.layers.get("unprivileged_uid")))
+            if not (report["programs_left"] or report["strays"]):
+                break
+            time.sleep(0.05)
         report["judges_restarted"] = judges_before != after["judges"]
-        report["programs_left"] = after["programs"]
-        report["strays"] = strays(bool(scorer.layers.get("unprivileged_uid")))
         # The scorer survived all of it: correct programs still pass, in the same judges.
         grades = scorer.grade_batch([c.program for c in POSITIVE], [c.problem for c in POSITIVE])
         report["positive"] = {c.name: g.__dict__ for c, g in zip(POSITIVE, grades)}

@@ -270,8 +270,8 @@ class SandboxBroken(Exception):
 class Zygote:
     """Starts ``sandbox.py`` in the strongest mode that works and talks to it."""
 
-    def __init__(self, isolation: str, uid: int, nproc_base: int):
-        self.isolation, self.uid, self.nproc_base = isolation, uid, nproc_base
+    def __init__(self, isolation: str, uid: int, nproc_base: int, heavy: bool = False):
+        self.isolation, self.uid, self.nproc_base, self.heavy = isolation, uid, nproc_base, heavy
         self.proc: subprocess.Popen | None = None
         self.control: socket.socket | None = None
         self.info: dict = {}
@@ -287,7 +287,8 @@ class Zygote:
         return (["ns"] if os.geteuid() == 0 else []) + ["userns", "process"]
 
     def command(self, mode: str, fd: int) -> list[str]:
-        script = [sys.executable, "-s", "-B", SANDBOX_SCRIPT, str(fd), mode, str(self.uid), str(self.nproc_base)]
+        preload = "heavy" if self.heavy else "light"
+        script = [sys.executable, "-s", "-B", SANDBOX_SCRIPT, str(fd), mode, str(self.uid), str(self.nproc_base), preload]
         if mode == "process":
             return script
         user = ["--user", "--map-root-user"] if mode == "userns" else []
@@ -360,33 +361,47 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class Judge:
-    """Judges requests one at a time, with one zygote (restarted when it breaks)."""
+    """Judges requests one at a time, with two zygotes (restarted when they break).
+
+    Programs that mention a module of ``sandbox.HEAVY`` (numpy) fork from a zygote that has it
+    loaded; all others from a lighter one, whose forks and exits are cheaper.
+    """
 
     def __init__(self, isolation: str, uid: int, nproc_base: int):
-        self.zygote = Zygote(isolation, uid, nproc_base)
+        self.light = Zygote(isolation, uid, nproc_base)
+        self.heavy = Zygote(isolation, uid, nproc_base, heavy=True)
 
     def start(self) -> dict:
-        self.zygote.start()
-        return self.zygote.info
+        self.light.start()
+        self.heavy.start()
+        info = dict(self.light.info)
+        info["vm_kb"] = max(self.light.info.get("vm_kb", 0), self.heavy.info.get("vm_kb", 0))
+        return info
+
+    def stop(self) -> None:
+        self.light.stop()
+        self.heavy.stop()
 
     def judge(self, request: dict) -> dict:
+        zygote = self.heavy if any(name in request["program"] for name in sandbox.HEAVY) else self.light
         started = time.monotonic()
         try:
-            status, score, detail = self._judge(request, started)
+            if zygote.control is None:  # restarted after a failure, before the program's clock starts
+                zygote.start()
+                started = time.monotonic()
+            status, score, detail = self._judge(zygote, request, started)
         except SandboxBroken as exc:
-            self.zygote.stop()
+            zygote.stop()
             status, score, detail = "sandbox_error", 0.0, str(exc)
         except Exception as exc:  # a bug of the judge: reported as the scorer's fault, never a pass
             status, score, detail = "sandbox_error", 0.0, f"judge error: {type(exc).__name__}: {exc}"
         return {"status": status, "score": score, "detail": detail[:500], "seconds": time.monotonic() - started}
 
-    def _judge(self, request: dict, started: float) -> tuple[str, float, str]:
+    def _judge(self, zygote: Zygote, request: dict, started: float) -> tuple[str, float, str]:
         try:
             code = compile_check(request["prefix"], request["tests"], request["partial"])
         except Exception as exc:
             return "sandbox_error", 0.0, f"the tests do not compile: {exc}"
-        if self.zygote.control is None:
-            self.zygote.start()
         timeout = float(request["timeout"])
         ours, theirs = socket.socketpair()
         spec = {
@@ -399,18 +414,19 @@ class Judge:
             "max_processes": request["max_processes"],
         }
         try:
-            reply = self.zygote.request(spec, (theirs.fileno(),))
+            reply = zygote.request(spec, (theirs.fileno(),))
         finally:
             theirs.close()
         if reply.get("op") != "spawned":
             ours.close()
             raise SandboxBroken(str(reply.get("message", reply)))
         program = Program(ours, started + timeout)
+        status = "crashed"  # until known: wait for the exit status
         try:
             status, score, detail = self._run(program, code, request)
         finally:
             ours.close()
-            ended = self.zygote.request({"op": "kill", "pid": reply["pid"]})
+            ended = zygote.request({"op": "kill", "pid": reply["pid"], "wait": status == "crashed"})
         if status == "crashed":
             detail = f"{detail} ({ended.get('how', 'gone')})"
         return status, score, detail
@@ -558,7 +574,7 @@ def main(argv: list[str]) -> None:
         return
     for line in reader:
         send(judge.judge(json.loads(line)))
-    judge.zygote.stop()
+    judge.stop()
 
 
 if __name__ == "__main__":

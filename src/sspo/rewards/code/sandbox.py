@@ -3,11 +3,11 @@
 The judge (``judge.py``) starts it as a plain script, never importing ``sspo``::
 
     unshare --pid --net --mount --ipc --uts --fork --kill-child --mount-proc \\
-        python -s -B sandbox.py CONTROL_FD ns UID NPROC_BASE
+        python -s -B sandbox.py CONTROL_FD ns UID NPROC_BASE {light|heavy}
 
 (``--user --map-root-user`` is added for a non-root user: mode ``userns``; without ``unshare`` the
 mode is ``process``). The **zygote** runs trusted code only. Once, at start, it imports the modules
-programs commonly use (so a child needs no interpreter start-up), builds a read-only root (the
+programs commonly use (so a child needs no interpreter start-up; ``heavy`` adds numpy), builds a read-only root (the
 system directories, the interpreter's prefixes and ``/dev/{null,zero,full,random,urandom}`` bound
 onto a private tmpfs) and probes which isolation layers work. Then it answers control messages
 from the judge (length-prefixed JSON on a Unix socket):
@@ -57,10 +57,13 @@ cannot signal each other."""
 PREIMPORTED = (
     "abc array base64 binascii bisect builtins calendar cmath collections collections.abc contextlib copy "
     "dataclasses datetime decimal enum fractions functools hashlib heapq io itertools json math numbers "
-    "operator pprint queue random re secrets signal socket statistics string struct subprocess textwrap "
-    "threading time types typing unicodedata weakref zlib numpy sortedcontainers"
+    "mmap operator pprint queue random re secrets signal socket statistics string struct subprocess textwrap "
+    "threading time types typing unicodedata weakref zlib sortedcontainers"
 ).split()
-"""Imported once by the zygote so that programs get them without touching the disk."""
+"""Imported once by every zygote so that programs get them without touching the disk."""
+HEAVY = ("numpy",)
+"""Imported only by the judge's second zygote, which runs the programs that mention them: they make
+every fork and exit slower (numpy: about 60 more memory mappings), a cost other programs need not pay."""
 HARD_GRACE_S = 5.0
 """A child still alive this long after its own timeout is killed by the zygote on its own."""
 ROOT_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
@@ -435,6 +438,7 @@ class Zygote:
         self.missing: list[str] = []
         self.children: dict[int, tuple[float, str]] = {}  # pid -> (hard deadline, work dir or "")
         self.finished: dict[int, str] = {}  # pid -> how it ended, until the judge asks
+        self.dying: set[int] = set()  # killed, not reaped yet
         self.own_pid_ns = -1
 
     def prepare(self) -> None:
@@ -521,16 +525,24 @@ class Zygote:
         self.children[pid] = (time.monotonic() + float(spec["timeout"]) + HARD_GRACE_S, workdir)
         return pid
 
-    def _kill(self, pid: int) -> None:
-        """SIGKILL a child and everything it started, reap it, remove its work directory."""
+    def _kill(self, pid: int, wait: bool = True) -> None:
+        """SIGKILL a child and everything it started, remove its work directory.
+
+        With a PID namespace the child is its init: the kernel kills every member. ``wait=False``
+        then returns at once (a SIGKILLed process runs no more code) and reaps it later; the judge
+        waits only when it wants the exit status of a program that crashed.
+        """
         if pid not in self.children:
             return
         _deadline, workdir = self.children.pop(pid)
         if self.layers.pid_namespace:
-            _signal(pid, signal.SIGKILL)  # init of its namespace: the kernel kills every member
-            self._reap(pid)
+            _signal(pid, signal.SIGKILL)
+            if wait:
+                self._reap(pid)
+            else:
+                self.dying.add(pid)
         else:
-            _signal(-pid, signal.SIGKILL)  # its process group (it called setsid)
+            _signal(-pid, signal.SIGKILL)  # its process group
             _signal(pid, signal.SIGKILL)
             self._reap(pid)
             self._kill_orphans()
@@ -564,13 +576,15 @@ class Zygote:
                     pass
 
     def _reap_finished(self) -> None:
-        while self.children:
+        while self.children or self.dying:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                self.dying.clear()
                 return
             if pid == 0:
                 return
+            self.dying.discard(pid)
             if pid in self.children:
                 self.finished[pid] = _describe(status)
                 self._kill(pid)  # its descendants, its work directory
@@ -586,7 +600,9 @@ class Zygote:
                 if now >= deadline:
                     self._kill(pid)
             wait = min((d for d, _ in self.children.values()), default=now + 1.0) - now
-            if selector.select(min(max(wait, 0.0), 0.2) if self.children else 1.0):
+            if self.dying:
+                wait = 0.005
+            if selector.select(min(max(wait, 0.0), 0.2) if self.children or self.dying else 1.0):
                 data, fds = recv_frame(self.control, max_fds=1)
                 if data is None:
                     return
@@ -604,9 +620,9 @@ class Zygote:
             finally:
                 os.close(fds[0])
         elif op == "kill":
-            pid = int(request["pid"])
-            self._kill(pid)
-            reply = {"op": "killed", "pid": pid, "how": self.finished.pop(pid, "gone")}
+            pid, wait = int(request["pid"]), bool(request.get("wait", True))
+            self._kill(pid, wait)
+            reply = {"op": "killed", "pid": pid, "how": self.finished.pop(pid, "gone" if wait else "killed by SIGKILL")}
         else:
             for fd in fds:
                 os.close(fd)
@@ -657,10 +673,10 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onexc=retry) if sys.version_info >= (3, 12) else shutil.rmtree(path, onerror=retry)
 
 
-def _preimport() -> None:
+def _preimport(heavy: bool) -> None:
     import importlib
 
-    for name in PREIMPORTED:
+    for name in PREIMPORTED + list(HEAVY if heavy else ()):
         try:
             importlib.import_module(name)
         except Exception:  # not installed here: programs importing it fail on their own
@@ -670,13 +686,13 @@ def _preimport() -> None:
 def main(argv: list[str]) -> None:
     control = socket.socket(fileno=int(argv[1]))
     control.setblocking(True)
-    mode, uid, nproc_base = argv[2], int(argv[3]), int(argv[4])
+    mode, uid, nproc_base, heavy = argv[2], int(argv[3]), int(argv[4]), argv[5] == "heavy"
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
     if mode == "process":
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    _preimport()
+    _preimport(heavy)
     os.environ.clear()
     zygote = Zygote(control, mode, uid, nproc_base)
     try:

@@ -265,6 +265,9 @@ def _warn_once(missing: list[str]) -> None:
 class CodeScorer:
     """Scores programs against tests in sandboxed judges, ``workers`` programs at a time.
 
+    ``workers`` defaults to two per usable core; each is a judge process with two warm zygotes,
+    started on first use (or by :meth:`warmup`).
+
     A *problem* is any mapping or object with ``tests`` (the source of ``check(candidate)``),
     ``entry_point`` (an expression such as ``add`` or ``Solution().twoSum``) and optionally
     ``prefix`` (trusted text put before the program, e.g. HumanEval's prompt or LeetCode's imports
@@ -292,8 +295,8 @@ class CodeScorer:
         isolation: str = "auto",
         startup_timeout: float = 60.0,
     ):
-        if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if workers is None:  # two per core: while one waits on its program, the other runs
+            workers = 2 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
         _check_options(timeout, memory_mb, partial)
@@ -446,7 +449,7 @@ def code_reward(
     ``code`` is the last fenced Python block of ``completion`` (or all of it); ``entry_point`` names
     the candidate (``add``, ``Solution().twoSum``); ``partial=True`` returns the fraction of
     assertions passed instead. A bad argument is a ``ValueError``; anything the program does is a
-    score. Runs in a process-wide :class:`CodeScorer` (started on first use, one judge per core).
+    score. Runs in a process-wide :class:`CodeScorer` (judges start on first use).
 
     >>> code_reward("```python\\ndef add(a, b):\\n    return a + b\\n```",
     ...             tests="def check(candidate):\\n    assert candidate(2, 3) == 5\\n", entry_point="add")
