@@ -264,3 +264,22 @@ def test_every_layer_is_on_where_the_machine_allows_it(scorer):
         assert scorer.layers[layer], layer
     if scorer.layers["mode"] == "ns":
         assert scorer.layers["unprivileged_uid"]
+
+
+def test_values_the_check_loops_on_or_multiplies_cannot_hang_or_exhaust_the_judge(scorer):
+    loop = {"tests": "def check(candidate):\n    for _ in range(candidate()):\n        pass\n", "entry_point": "n"}
+    started = time.monotonic()
+    grade = scorer.grade("def n():\n    return 10**15\n", loop, timeout=1.0)
+    assert grade.status == "timeout" and time.monotonic() - started < 5.0
+    grow = {"tests": "def check(candidate):\n    assert len([0] * candidate()) == 3\n", "entry_point": "n"}
+    assert scorer.grade("def n():\n    return 10**12\n", grow).status == "failed"  # MemoryError in the judge
+    assert scorer.score("def n():\n    return 3\n", grow) == 1.0  # and the judge is fine
+
+
+@pytest.mark.parametrize(
+    "completion",
+    ["", "\x00", "def add(a, b):\n    return a + b\x00", "\ud800", "```python\n```", "```", "x" * 100_000, "\n" * 10_000],
+)
+def test_odd_completions_score_zero_without_raising(scorer, completion):
+    grade = scorer.grade(completion, ADD)
+    assert grade.score == 0.0 and grade.status in ("failed", "syntax_error"), grade

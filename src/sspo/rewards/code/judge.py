@@ -535,6 +535,21 @@ def _where(what: str, exc: BaseException) -> str:
 # --- the process ---------------------------------------------------------------------------------
 
 
+JUDGE_MEMORY_BYTES = 4 << 30
+"""Soft address-space limit of a judge: a check that multiplies a program's huge return value
+(``[0] * candidate()``) gets a ``MemoryError``, not the machine's memory. Only the soft limit is
+lowered, so that sandboxed children may still set theirs as asked."""
+
+
+def _limit_own_memory() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = JUDGE_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(JUDGE_MEMORY_BYTES, hard)
+    if soft == resource.RLIM_INFINITY or soft > wanted:
+        resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
+
+
 def _tasks_of(uid: int) -> int:
     """Threads that already run as ``uid`` (``RLIMIT_NPROC`` counts them all, per user)."""
     count = 0
@@ -554,6 +569,7 @@ def _tasks_of(uid: int) -> int:
 def main(argv: list[str]) -> None:
     """Serve JSON-line requests on stdin; reply on the original stdout (prints go to /dev/null)."""
     isolation = argv[1]
+    _limit_own_memory()
     uid = sandbox.SANDBOX_UID_BASE + os.getpid() if os.geteuid() == 0 else os.getuid()
     nproc_base = _tasks_of(uid)
     reader = os.fdopen(os.dup(0), "rb")

@@ -604,7 +604,11 @@ class Zygote:
                 wait = 0.005
             if selector.select(min(max(wait, 0.0), 0.2) if self.children or self.dying else 1.0):
                 data, fds = recv_frame(self.control, max_fds=1)
-                if data is None:
+                if data is None:  # the judge is gone: so is everything we started
+                    for pid in list(self.children):
+                        self._kill(pid)
+                    if not self.layers.pid_namespace:
+                        self._kill_orphans()
                     return
                 self._handle(codec.loads(data), fds)
             self._reap_finished()

@@ -289,7 +289,7 @@ class CodeScorer:
         timeout: float = 5.0,
         memory_mb: int = 1024,
         partial: bool = False,
-        max_processes: int = 32,
+        max_processes: int = 16,
         tmp_mb: int = 64,
         max_program_bytes: int = 1 << 20,
         isolation: str = "auto",
