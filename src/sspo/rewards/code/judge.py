@@ -270,7 +270,7 @@ class SandboxBroken(Exception):
 class Zygote:
     """Starts ``sandbox.py`` in the strongest mode that works and talks to it."""
 
-    def __init__(self, isolation: str, uid: int, nproc_base: int, heavy: bool = False):
+    def __init__(self, isolation: str, uid: int, nproc_base: str, heavy: bool = False):
         self.isolation, self.uid, self.nproc_base, self.heavy = isolation, uid, nproc_base, heavy
         self.proc: subprocess.Popen | None = None
         self.control: socket.socket | None = None
@@ -288,7 +288,7 @@ class Zygote:
 
     def command(self, mode: str, fd: int) -> list[str]:
         preload = "heavy" if self.heavy else "light"
-        script = [sys.executable, "-s", "-B", SANDBOX_SCRIPT, str(fd), mode, str(self.uid), str(self.nproc_base), preload]
+        script = [sys.executable, "-s", "-B", SANDBOX_SCRIPT, str(fd), mode, str(self.uid), self.nproc_base, preload]
         if mode == "process":
             return script
         user = ["--user", "--map-root-user"] if mode == "userns" else []
@@ -367,7 +367,7 @@ class Judge:
     loaded; all others from a lighter one, whose forks and exits are cheaper.
     """
 
-    def __init__(self, isolation: str, uid: int, nproc_base: int):
+    def __init__(self, isolation: str, uid: int, nproc_base: str):
         self.light = Zygote(isolation, uid, nproc_base)
         self.heavy = Zygote(isolation, uid, nproc_base, heavy=True)
 
@@ -571,7 +571,8 @@ def main(argv: list[str]) -> None:
     isolation = argv[1]
     _limit_own_memory()
     uid = sandbox.SANDBOX_UID_BASE + os.getpid() if os.geteuid() == 0 else os.getuid()
-    nproc_base = _tasks_of(uid)
+    # RLIMIT_NPROC counts every task of a user: the sandbox uid's, or ours when no uid can be switched to.
+    nproc_base = f"{_tasks_of(uid)},{_tasks_of(os.getuid())}"
     reader = os.fdopen(os.dup(0), "rb")
     writer = os.fdopen(os.dup(1), "wb")
     null = os.open(os.devnull, os.O_RDWR)

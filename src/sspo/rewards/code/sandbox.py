@@ -3,7 +3,7 @@
 The judge (``judge.py``) starts it as a plain script, never importing ``sspo``::
 
     unshare --pid --net --mount --ipc --uts --fork --kill-child --mount-proc \\
-        python -s -B sandbox.py CONTROL_FD ns UID NPROC_BASE {light|heavy}
+        python -s -B sandbox.py CONTROL_FD ns UID TASKS_OF_UID,TASKS_OF_CALLER {light|heavy}
 
 (``--user --map-root-user`` is added for a non-root user: mode ``userns``; without ``unshare`` the
 mode is ``process``). The **zygote** runs trusted code only. Once, at start, it imports the modules
@@ -73,7 +73,7 @@ _ROOT = _BASE + "/root"
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 8192, 16384, 1 << 18
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
 _MOUNT_FLAGS = {
     "nosuid": MS_NOSUID,
@@ -196,10 +196,13 @@ def _mount_points() -> list[tuple[str, int]]:
     return points
 
 
-def build_root() -> str:
-    """Bind the system and interpreter directories read-only onto a private tmpfs; return its path.
+def build_root() -> tuple[str, list[tuple[str, int, int]]]:
+    """Bind the system and interpreter directories read-only onto a private tmpfs.
 
     Runs once in the zygote's own (private) mount namespace: nothing here is visible to the host.
+    Returns the root's path and, for interpreter directories under ``/tmp`` (which each child
+    covers with its own tmpfs), ``(path, stash)``: a child moves such a mount aside to the empty
+    directory ``stash`` before covering ``/tmp``, then back on top.
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     top = [d for d in ROOT_DIRS if os.path.lexists("/" + d)]
@@ -229,10 +232,15 @@ def build_root() -> str:
     finally:
         for _, fd in opened:
             os.close(fd)
+    under_tmp = []
     for point, flags in _mount_points():
         if point == _ROOT or point.startswith(_ROOT + "/"):
             _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | flags)
-    return _ROOT
+            if point.startswith(_ROOT + "/tmp/") and not any(point.startswith(_ROOT + p + "/") for p, _ in under_tmp):
+                stash = f"{_BASE}/stash{len(under_tmp)}"
+                os.mkdir(stash, 0o700)
+                under_tmp.append((point[len(_ROOT) :], stash))
+    return _ROOT, under_tmp
 
 
 # --- the child -----------------------------------------------------------------------------------
@@ -246,6 +254,7 @@ class Layers:
         self.pid_namespace = mode in ("ns", "userns")
         self.mount_namespace = self.pid_namespace
         self.root = ""  # the read-only root, when built
+        self.under_tmp: list[tuple[str, str]] = []  # interpreter directories a child's /tmp covers
         self.drop_uid = mode == "ns" or (mode == "process" and os.geteuid() == 0)
         self.drop_caps = mode == "userns"
 
@@ -300,14 +309,21 @@ def _setup_child(spec: dict, layers: Layers, workdir: str, nproc_base: int) -> N
     os.setpgid(0, 0)  # its own process group: kill(0, ...) reaches nothing else (setsid costs ~1 ms)
     if not layers.pid_namespace:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    _close_all_but_channel()
     if layers.root:
         _unshare(CLONE_NEWNS | CLONE_NEWIPC)
         owner = f",uid={layers.uid},gid={layers.uid}" if layers.drop_uid else ""
         size = int(spec["tmp_mb"])
+        for path, stash in layers.under_tmp:  # e.g. a virtual environment in /tmp: set it aside
+            _mount(layers.root + path, stash, None, MS_MOVE)
         _mount("tmpfs", layers.root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,nr_inodes=4096,mode=0700{owner}")
+        for path, stash in layers.under_tmp:  # and back, on top of the fresh /tmp
+            os.makedirs(layers.root + path, 0o755, exist_ok=True)
+            _mount(stash, layers.root + path, None, MS_MOVE)
+        _close_all_but_channel()
         os.chroot(layers.root)
         workdir = "/tmp"
+    else:
+        _close_all_but_channel()
     os.chdir(workdir)
     null_in, null_out = os.open("/dev/null", os.O_RDONLY), os.open("/dev/null", os.O_WRONLY)
     for fd, null in ((0, null_in), (1, null_out), (2, null_out)):
@@ -431,9 +447,9 @@ def _child(chan_fd: int, spec: dict, layers: Layers, workdir: str, nproc_base: i
 class Zygote:
     """Forks children on request, kills them on request or at their hard deadline, reaps them."""
 
-    def __init__(self, control: socket.socket, mode: str, uid: int, nproc_base: int):
+    def __init__(self, control: socket.socket, mode: str, uid: int, nproc_bases: tuple[int, int]):
         self.control = control
-        self.nproc_base = nproc_base
+        self.nproc_bases = nproc_bases  # tasks already running as the sandbox uid, and as our own uid
         self.layers = Layers(mode, uid)
         self.missing: list[str] = []
         self.children: dict[int, tuple[float, str]] = {}  # pid -> (hard deadline, work dir or "")
@@ -453,20 +469,27 @@ class Zygote:
                 self.missing.append(f"a PID namespace per program ({exc.strerror or exc})")
         if self.layers.mount_namespace:
             try:
-                self.layers.root = build_root()
+                self.layers.root, self.layers.under_tmp = build_root()
             except OSError as exc:
                 self.missing.append(f"a private read-only filesystem view ({exc})")
         if not self.layers.pid_namespace:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        if not (self.layers.drop_uid or self.layers.drop_caps):
-            self.missing.append("an unprivileged uid (the sandbox does not run as root)")
         error = self._probe()
+        if error and self.layers.drop_uid:  # root only inside a user namespace: no other uid is mapped
+            self.layers.drop_uid, self.layers.drop_caps = False, True
+            error = self._probe()
         if error and self.layers.root:  # the root was built but a child cannot use it
             self.missing.append(f"a private read-only filesystem view ({error})")
             self.layers.root = ""
             error = self._probe()
         if error:
             raise OSError(f"a sandboxed child cannot be set up: {error}")
+        if self.layers.drop_caps:
+            self.missing.append(
+                "a uid of their own (not root: programs keep the caller's uid, inside a user namespace, without capabilities)"
+            )
+        elif not self.layers.drop_uid:
+            self.missing.append("an unprivileged uid (not root: programs run as the caller's user)")
 
     def _restore_pid_ns(self) -> None:
         _check(_libc.setns(self.own_pid_ns, CLONE_NEWPID), "setns")
@@ -509,7 +532,10 @@ class Zygote:
 
             workdir = tempfile.mkdtemp(prefix="sspo-program-")
             if self.layers.drop_uid:
-                os.chown(workdir, self.layers.uid, self.layers.uid)
+                try:
+                    os.chown(workdir, self.layers.uid, self.layers.uid)
+                except OSError:  # the uid is not mapped here: the child's switch fails and says so
+                    pass
         if self.layers.pid_namespace:
             _unshare(CLONE_NEWPID)  # the next child is init of a new PID namespace
         try:
@@ -517,7 +543,7 @@ class Zygote:
         except OSError:
             pid = -1
         if pid == 0:
-            _child(chan_fd, spec, self.layers, workdir, self.nproc_base)  # never returns
+            _child(chan_fd, spec, self.layers, workdir, self.nproc_bases[0 if self.layers.drop_uid else 1])
         if self.layers.pid_namespace:
             self._restore_pid_ns()  # children after this one get their own namespace again
         if pid < 0:
@@ -690,7 +716,8 @@ def _preimport(heavy: bool) -> None:
 def main(argv: list[str]) -> None:
     control = socket.socket(fileno=int(argv[1]))
     control.setblocking(True)
-    mode, uid, nproc_base, heavy = argv[2], int(argv[3]), int(argv[4]), argv[5] == "heavy"
+    mode, uid, heavy = argv[2], int(argv[3]), argv[5] == "heavy"
+    nproc_bases = tuple(int(n) for n in argv[4].split(","))
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -698,7 +725,7 @@ def main(argv: list[str]) -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _preimport(heavy)
     os.environ.clear()
-    zygote = Zygote(control, mode, uid, nproc_base)
+    zygote = Zygote(control, mode, uid, nproc_bases)
     try:
         zygote.prepare()
     except OSError as exc:
