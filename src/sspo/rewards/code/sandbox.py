@@ -6,22 +6,24 @@ The judge (``judge.py``) starts it as a plain script, never importing ``sspo``::
         python -s -B sandbox.py CONTROL_FD ns UID TASKS_OF_UID,TASKS_OF_CALLER {light|heavy}
 
 (``--user --map-root-user`` is added for a non-root user: mode ``userns``; without ``unshare`` the
-mode is ``process``). The **zygote** runs trusted code only. Once, at start, it imports the modules
-programs commonly use (so a child needs no interpreter start-up; ``heavy`` adds numpy), builds a read-only root (the
-system directories, the interpreter's prefixes and ``/dev/{null,zero,full,random,urandom}`` bound
-onto a private tmpfs) and probes which isolation layers work. Then it answers control messages
-from the judge (length-prefixed JSON on a Unix socket):
+mode is ``process``). The **zygote** runs trusted code only and never receives tests. Once, at
+start, it imports the modules programs commonly use (so a child needs no interpreter start-up;
+``heavy`` adds numpy), builds a read-only root (the system directories, the interpreter's prefixes
+and ``/dev/{null,zero,full,random,urandom}`` bound onto a private tmpfs) and probes which isolation
+layers work. Then it answers control messages from the judge (length-prefixed JSON on a Unix
+socket):
 
 * ``spawn`` (with the program's end of a fresh socket pair as ``SCM_RIGHTS``) -> ``spawned``: fork a
-  child, in a new PID namespace whose init it is;
-* ``kill`` -> ``killed``: SIGKILL the child (the namespace's init: every process in the namespace
-  dies with it) and reap it. The zygote also kills a child that outlives its hard deadline.
+  child, the init of a new PID namespace;
+* ``kill`` -> ``killed``: SIGKILL the child (every process in its namespace dies with it) and reap
+  it, at once or, when the judge does not need its exit status, later. The zygote also kills a
+  child that outlives its hard deadline, and everything when the judge hangs up.
 
 The **child** sets itself up while still trusted: its own mount and IPC namespaces, a fresh
 size-limited tmpfs as ``/tmp`` and working directory, ``chroot`` into the read-only root, stdin,
 stdout, stderr on ``/dev/null``, every other descriptor closed but the channel, an empty
 environment, resource limits (address space, CPU, processes, file size, open files, no core
-files), uid/gid 65534 (or, in a user namespace, all capabilities dropped), ``no_new_privs``. It
+files), a uid of its judge's own (or, in a user namespace, no capabilities), ``no_new_privs``. It
 reports ``["setup"]`` and only then compiles and runs the program, looks up the entry point and
 serves ``call`` requests: arguments decoded with the program's own ``ListNode``/``TreeNode``,
 results encoded as plain data (``codec.py``). Nothing it sends decides a verdict: the judge does.
@@ -33,6 +35,7 @@ import ctypes
 import errno
 import gc
 import os
+import re
 import resource
 import signal
 import socket
@@ -188,7 +191,7 @@ def _mount_points() -> list[tuple[str, int]]:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")  # \040 escapes
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
             flags = 0
             for option in fields[5].split(","):
                 flags |= _MOUNT_FLAGS.get(option, 0)
@@ -196,7 +199,7 @@ def _mount_points() -> list[tuple[str, int]]:
     return points
 
 
-def build_root() -> tuple[str, list[tuple[str, int, int]]]:
+def build_root() -> tuple[str, list[tuple[str, str]]]:
     """Bind the system and interpreter directories read-only onto a private tmpfs.
 
     Runs once in the zygote's own (private) mount namespace: nothing here is visible to the host.
@@ -218,7 +221,7 @@ def build_root() -> tuple[str, list[tuple[str, int, int]]]:
     try:
         _mount("tmpfs", _BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m")
         os.mkdir(_ROOT, 0o755)
-        for name in ("tmp", "dev", "proc"):
+        for name in ("tmp", "dev"):
             os.mkdir(_ROOT + "/" + name, 0o755)
         for target, value in links:
             os.symlink(value, _ROOT + target)
@@ -424,7 +427,9 @@ def _child(chan_fd: int, spec: dict, layers: Layers, workdir: str, nproc_base: i
     """Body of a forked child: set up, report, serve; always ends in ``os._exit``."""
     code = 70
     try:
-        os.dup2(chan_fd, 3, inheritable=False)  # the channel; programs' own subprocesses do not get it
+        if chan_fd != 3:  # the channel becomes fd 3; programs' own subprocesses do not get it
+            os.dup2(chan_fd, 3, inheritable=False)
+        os.set_inheritable(3, False)
         chan = socket.socket(fileno=3)
         chan.setblocking(True)
         try:
