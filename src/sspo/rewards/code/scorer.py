@@ -168,7 +168,10 @@ class _Judge:
             start_new_session=True,  # its own process group: killing it takes its sandbox along
         )
         self._buffer = b""
-        reply = self._read(self.startup_timeout)
+        try:
+            reply = self._read(self.startup_timeout)
+        except (OSError, ValueError) as exc:
+            reply = {"message": str(exc)}
         if not isinstance(reply, dict) or not reply.get("ready"):
             self.kill()
             why = reply.get("message") if isinstance(reply, dict) else "it did not start"
@@ -193,9 +196,11 @@ class _Judge:
         """Next JSON line, ``None`` after ``timeout`` s; ``OSError`` when the judge died."""
         deadline = time.monotonic() + timeout
         fd = self.process.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            if remaining <= 0 or not poller.poll(remaining * 1000):
                 return None
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -214,17 +219,25 @@ class _Judge:
             pass
         _reap(process)
 
+    def hang_up(self) -> None:
+        """Close the judge's stdin: it stops its sandbox and exits."""
+        if self.process is not None:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+
     def close(self) -> None:
+        self.hang_up()
         process, self.process = self.process, None
         if process is None:
             return
         try:
-            process.stdin.close()  # the judge stops its sandbox and exits
             process.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
             pass
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of its process group
         except OSError:
             pass
         _reap(process)
@@ -243,6 +256,8 @@ def _reap(process: subprocess.Popen) -> None:
 
 
 def _close_all(judges: list[_Judge]) -> None:
+    for judge in judges:  # all hang up first, so that they shut down in parallel
+        judge.hang_up()
     for judge in judges:
         judge.close()
 
