@@ -24,7 +24,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "code"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory holding humaneval.jsonl.gz")
-    parser.add_argument("--workers", default="", help="comma-separated judge counts to try (default: one per core)")
+    parser.add_argument("--workers", default="", help="comma-separated judge counts to try (default: the scorer's, two per core)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per worker count")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the 164 problems per run")
     args = parser.parse_args()
@@ -40,11 +40,12 @@ def main() -> None:
     problems = [{"tests": r["test"], "entry_point": r["entry_point"], "prefix": r["prompt"]} for r in rows]
     completions = [r["canonical_solution"] for r in rows]
     cores = len(os.sched_getaffinity(0))
-    counts = [int(w) for w in args.workers.split(",") if w] or [cores]
+    counts = [int(w) for w in args.workers.split(",") if w] or [None]
     print(f"cores available: {cores}; {len(rows)} HumanEval references x {args.rounds} rounds per run")
     for workers in counts:
         with CodeScorer(workers=workers, timeout=10.0) as scorer:
             scorer.warmup()
+            workers = scorer.workers
             print(f"workers={workers}  isolation: {scorer.layers}  missing: {scorer.missing_layers or 'none'}")
             rates = []
             for run in range(args.repeats):
