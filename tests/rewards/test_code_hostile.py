@@ -143,18 +143,20 @@ def hostile(request):
             f.write(tokens["file"])
         os.chmod(secret_path, 0o644)
         canaries = [tempfile.mkdtemp(prefix="sspo-canary-", dir=d) for d in ("/tmp", "/var/tmp") if os.path.isdir(d)]
-        for d in canaries:
-            os.chmod(d, 0o777)  # writable by anyone: only the sandbox stands in the way
-            with open(os.path.join(d, "keep.txt"), "w") as f:
-                f.write("unchanged")
-            os.chmod(os.path.join(d, "keep.txt"), 0o666)
-        before = _snapshot([home, *canaries])
-        config = {"isolation": request.param, "tokens": tokens, "secret_path": secret_path, "canaries": canaries, "timeout": TIMEOUT}
-        report = run_contained(config)
-        report["host_changed"] = before != _snapshot([home, *canaries])
+        try:
+            for d in canaries:
+                os.chmod(d, 0o777)  # writable by anyone: only the sandbox stands in the way
+                with open(os.path.join(d, "keep.txt"), "w") as f:
+                    f.write("unchanged")
+                os.chmod(os.path.join(d, "keep.txt"), 0o666)
+            before = _snapshot([home, *canaries])
+            config = {"isolation": request.param, "tokens": tokens, "secret_path": secret_path, "canaries": canaries, "timeout": TIMEOUT}
+            report = run_contained(config)
+            report["host_changed"] = before != _snapshot([home, *canaries])
+        finally:
+            for d in canaries:
+                shutil.rmtree(d, ignore_errors=True)
         report["cases"] = {c.name: c for c in hostile_cases(tokens, secret_path, canaries, 0) + list(leftover_pair(tokens["left"]))}
-        for d in canaries:
-            shutil.rmtree(d, ignore_errors=True)
         yield report
 
 
