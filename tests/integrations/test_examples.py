@@ -1,64 +1,59 @@
-"""The launch scripts in examples/: every verl override key exists in verl's config schema, every
-objective has a script, and the per-objective hyperparameters reach the plug-in as the SPEC's."""
+"""The verl launch scripts in examples/verl: the exact ``main_ppo`` command each one runs, checked against
+verl 0.9.1 as ``main_ppo`` reads it.
+
+Each script runs with a shell function standing in for ``python3``, which prints the arguments. They are
+composed with Hydra from verl's ``ppo_trainer`` config, as ``main_ppo`` composes them (an unknown key
+fails), checked by verl's ``validate_config``, the actor config is built as verl's workers build it, and
+the plug-in reads the objective's hyperparameters from it. The modules ``main_ppo`` imports on its
+default path are checked in a fresh interpreter (``conftest.py``).
+"""
 
 import importlib.util
-import re
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 VERL_DIR = ROOT / "examples" / "verl"
+SETUPS = ("gsm8k", "deepmath")
 OBJECTIVES = ("sspo", "sspo_grpo", "sspo_gspo", "sspo_gspo_token", "sspo_gmpo", "sspo_sapo", "sspo_cispo")
+SPEC_DEFAULTS = {  # docs/objectives.md's hyperparameters, as the plug-in must read them from each script
+    "sspo": {"tau_pos": 1.0, "tau_neg": 1.05},
+    "sspo_sapo": {"tau_pos": 1.0, "tau_neg": 1.05},
+    "sspo_grpo": {"eps_low": 0.2, "eps_high": 0.28},
+    "sspo_gspo": {"eps_low": 3e-4, "eps_high": 4e-4},
+    "sspo_gspo_token": {"eps_low": 3e-4, "eps_high": 4e-4},
+    "sspo_gmpo": {"clip_low": 0.4, "clip_high": 0.4},
+    "sspo_cispo": {"ratio_max": 5.0},
+}
 needs_verl = pytest.mark.skipif(importlib.util.find_spec("verl") is None, reason="verl is not installed")
 
 
-def bash(snippet: str) -> list[str]:
-    """Run ``snippet`` after sourcing common.sh; the hydra overrides it prints, one per item."""
-    out = subprocess.run(["bash", "-c", f"source {VERL_DIR / 'common.sh'}; {snippet}"], capture_output=True,
-                         text=True, check=True, env={"DATA_DIR": "/data", "PATH": "/usr/bin:/bin"})  # fmt: skip
-    return out.stdout.split()
+def script_command(setup: str, loss_mode: str, *extra: str) -> list[str]:
+    """The arguments ``examples/verl/<setup>/<loss_mode>.sh extra...`` passes to ``python3``."""
+    stand_in = 'python3() { printf "%s\\n" "$@"; }; export -f python3; bash "$@"'
+    script = VERL_DIR / setup / f"{loss_mode}.sh"
+    env = {"DATA_DIR": "/data", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root"}
+    out = subprocess.run(["bash", "-c", stand_in, "bash", str(script), *extra], capture_output=True, text=True,
+                         check=True, env=env)  # fmt: skip
+    return out.stdout.splitlines()
 
 
-def overrides(setup: str, loss_mode: str) -> dict[str, str]:
-    items = bash(f"setup_overrides {setup}; objective_overrides {loss_mode}")
-    launch = re.findall(
-        r"^\s+([a-z_]+(?:\.[a-z_0-9]+)+)=(\S+) \\$", (VERL_DIR / "common.sh").read_text(), re.M
-    )
-    pairs = [item.split("=", 1) for item in items] + launch
-    return {k: v.strip('"') for k, v in pairs}
+def compose_main_ppo(overrides: list[str]):
+    """verl's ``ppo_trainer`` config with ``overrides``, composed as ``main_ppo``'s ``@hydra.main`` does."""
+    import verl
+    from hydra import compose, initialize_config_dir
 
-
-@needs_verl
-@pytest.mark.parametrize("setup", ["gsm8k", "deepmath"])
-def test_every_override_key_exists_in_verl_ppo_trainer_config(setup):
-    from omegaconf import OmegaConf
-
-    schema = OmegaConf.load(
-        Path(importlib.util.find_spec("verl").origin).parent / "trainer/config/_generated_ppo_trainer.yaml"
-    )
-
-    def has_key(key: str) -> bool:  # a declared key, even one verl leaves MISSING (???) for the user
-        parent, _, last = key.rpartition(".")
-        node = OmegaConf.select(schema, parent, default=None)
-        return OmegaConf.is_dict(node) and last in node.keys()
-
-    for loss_mode in OBJECTIVES:
-        keys = overrides(setup, loss_mode)
-        unknown = [k for k in keys if not has_key(k)]
-        assert not unknown, f"{setup}/{loss_mode}: keys not in verl's config: {unknown}"
-        assert keys["actor_rollout_ref.actor.policy_loss.loss_mode"] == "$loss_mode"
-        assert int(keys["actor_rollout_ref.rollout.n"]) > 1  # group sampling
-        assert (
-            int(keys["data.train_batch_size"]) // int(keys["actor_rollout_ref.actor.ppo_mini_batch_size"])
-            >= 2
-        )
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer/config"), version_base=None):
+        return compose(config_name="ppo_trainer", overrides=overrides)
 
 
 def test_one_script_per_objective_and_setup():
-    for setup in ("gsm8k", "deepmath"):
+    for setup in SETUPS:
         scripts = sorted(p.stem for p in (VERL_DIR / setup).glob("*.sh"))
         assert scripts == sorted(OBJECTIVES)
         for name in scripts:
@@ -66,28 +61,58 @@ def test_one_script_per_objective_and_setup():
 
 
 @needs_verl
-def test_objective_overrides_reach_the_plugin_as_spec_defaults():
-    from integration_cases import actor_config
+@pytest.mark.filterwarnings("ignore:Disabled critic")  # verl's note that GRPO needs no critic
+@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("loss_mode", OBJECTIVES)
+def test_script_runs_main_ppo_with_a_config_verl_accepts(setup, loss_mode):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
 
+    import sspo
     import sspo.integrations.verl as sv
 
-    expected = {
-        "sspo": {"tau_pos": 1.0, "tau_neg": 1.05},
-        "sspo_sapo": {"tau_pos": 1.0, "tau_neg": 1.05},
-        "sspo_grpo": {"eps_low": 0.2, "eps_high": 0.28},
-        "sspo_gspo": {"eps_low": 3e-4, "eps_high": 4e-4},
-        "sspo_gspo_token": {"eps_low": 3e-4, "eps_high": 4e-4},
-        "sspo_gmpo": {"clip_low": 0.4, "clip_high": 0.4},
-        "sspo_cispo": {"ratio_max": 5.0},
-    }
-    for loss_mode, hp in expected.items():
-        fields = dict(item.split("=", 1) for item in bash(f"objective_overrides {loss_mode}"))
-        actor = {k.rsplit(".", 1)[1]: v for k, v in fields.items()}
-        agg = actor.pop("loss_agg_mode")
-        assert agg == ("token-mean" if loss_mode == "sspo_cispo" else "seq-mean-token-mean")
-        cfg = actor_config(**{k: float(v) for k, v in actor.items()})
-        objective = sv.verl_names()[loss_mode][0]
-        assert sv.hyperparameters_from_config(objective, cfg) == pytest.approx(hp)
+    argv = script_command(setup, loss_mode)
+    assert argv[:2] == ["-m", "verl.trainer.main_ppo"]
+    config = compose_main_ppo(argv[2:])  # raises on a key verl's config does not have
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    ref = config.actor_rollout_ref
+    assert ref.actor.policy_loss.loss_mode == loss_mode and ref.model.external_lib == "sspo.integrations.verl"
+    assert config.algorithm.adv_estimator == "grpo" and ref.rollout.n > 1  # group sampling
+    assert config.data.train_batch_size == 4 * ref.actor.ppo_mini_batch_size  # 4 updates per rollout batch
+    assert Path(config.reward.custom_reward_function.path) == VERL_DIR / "reward.py"
+
+    actor = omega_conf_to_dataclass(ref.actor)  # as verl's workers build it
+    objective = sv.verl_names()[loss_mode][0]
+    assert sv.hyperparameters_from_config(objective, actor) == pytest.approx(SPEC_DEFAULTS[loss_mode])
+    assert actor.loss_agg_mode == sspo.get_objective(objective).default_agg_mode
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    log_probs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -1.5, -1.0]])
+    loss, _ = sv.REGISTERED[loss_mode](log_probs - 0.1, log_probs, torch.tensor([[1.0] * 3, [-1.0] * 3]) * mask,
+                                       mask, actor.loss_agg_mode, actor)  # fmt: skip
+    assert torch.isfinite(loss)
+
+
+@needs_verl
+def test_extra_arguments_override_the_scripts_settings():
+    config = compose_main_ppo(script_command("gsm8k", "sspo_gspo", "trainer.total_epochs=3")[2:])
+    assert config.trainer.total_epochs == 3
+
+
+@needs_verl
+def test_verl_loads_the_scripts_reward_function():
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    score = get_custom_reward_fn(compose_main_ppo(script_command("deepmath", "sspo")[2:]))
+    assert score("deepmath", "so \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+    assert score("openai/gsm8k", "3 + 4 = 7\n#### 7", "7") == 1.0
+    assert score("openai/gsm8k", "#### 8", "7") == 0.0
+
+
+def test_main_ppo_imports_what_its_default_path_needs(fresh_verl):
+    """``trainer.use_v1=True`` (verl's default) imports ``transfer_queue``; engines and workers import
+    ``peft``, ``fastapi``, ``uvicorn``, ``torchdata``, ``cachetools``: the ``verl`` extra brings them."""
+    assert fresh_verl["import_failures"] == {}
+    assert fresh_verl["trainer_cls"] == "PPOTrainerSync"
 
 
 def test_reward_and_preprocessing_helpers():
@@ -102,12 +127,3 @@ def test_reward_and_preprocessing_helpers():
     assert reward.compute_score("deepmath", "thus \\boxed{\\frac{1}{2}}", "0.5") == 1.0
     assert reward.compute_score("deepmath", "thus \\boxed{3}", "4") == 0.0
     assert reward.compute_score("deepmath", "no box", "4") == 0.0
-
-
-def test_trl_example_reward():
-    spec = importlib.util.spec_from_file_location("trl_example", ROOT / "examples/trl/train_gsm8k.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    completions = [[{"role": "assistant", "content": "4 + 5 = 9, so 9."}], "it is 1,000", "no number"]
-    assert module.answer_reward(completions, ["#### 9", "#### 1000", "#### 3"]) == [1.0, 1.0, 0.0]
-    assert module.parse_args(["--objective", "gmpo"]).objective == "gmpo"

@@ -1,10 +1,6 @@
 """sspo.integrations.verl: registration, verl's call convention, normalisers, metrics, loading."""
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -163,48 +159,17 @@ def test_rollout_is_weights_fold_into_advantages():
         )
 
 
-FRESH_WORKER = """
-import json, sys, verl
-from verl.trainer.ppo.core_algos import get_policy_loss_fn
-out = {"loaded": "sspo.integrations.verl" in sys.modules,
-       "sspo": get_policy_loss_fn("sspo").__module__, "sspo_gspo_token": get_policy_loss_fn("sspo_gspo_token").__name__}
-from verl.models.transformers.monkey_patch import apply_monkey_patch
-from sspo.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
-model = build_tiny_model(build_char_tokenizer(), TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2,
-                                                                 num_kv_heads=1, intermediate_size=16))
-try:
-    apply_monkey_patch(model, use_remove_padding=False)
-    out["monkey_patch"] = "ok"
-except ImportError as err:
-    out["monkey_patch"] = f"ImportError: {err}"
-print(json.dumps(out))
-"""
+def test_verl_use_external_modules_loads_the_plugin_in_a_fresh_worker(fresh_verl):
+    assert fresh_verl["loaded"]
+    assert fresh_verl["sspo"] == "sspo.integrations.verl"
+    assert fresh_verl["sspo_gspo_token"] == "sspo_policy_loss_gspo_token"
 
 
-@pytest.fixture(scope="module")
-def fresh_worker() -> dict:
-    """What a fresh interpreter with ``VERL_USE_EXTERNAL_MODULES`` set (as in every verl worker) sees."""
-    env = {
-        **os.environ,
-        "VERL_USE_EXTERNAL_MODULES": "sspo.integrations.verl",
-        "VERL_USE_EXTERNAL_PLUGINS": "none",
-    }
-    out = subprocess.run([sys.executable, "-c", FRESH_WORKER], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_verl_use_external_modules_loads_the_plugin_in_a_fresh_worker(fresh_worker):
-    assert fresh_worker["loaded"]
-    assert fresh_worker["sspo"] == "sspo.integrations.verl"
-    assert fresh_worker["sspo_gspo_token"] == "sspo_policy_loss_gspo_token"
-
-
-def test_verl_builds_an_fsdp_actor_model_beside_trl_1x(fresh_worker):
+def test_verl_builds_an_fsdp_actor_model_beside_trl_1x(fresh_verl):
     """verl 0.9.1's ``apply_monkey_patch``, run by its FSDP engine on every actor model it builds, imports
     TRL's ``AutoModelForCausalLMWithValueHead`` whenever TRL is importable; TRL 1.x has no such class. With
     the plug-in loaded as verl loads it, the patch runs beside whatever TRL is installed."""
-    assert fresh_worker["monkey_patch"] == "ok"
+    assert fresh_verl["monkey_patch"] == "ok"
 
 
 def test_only_the_monkey_patch_trl_check_is_rebound():

@@ -27,6 +27,7 @@ Importing it also lets verl's FSDP engine build models beside TRL 1.x
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -193,13 +194,15 @@ def register_all(overwrite: bool = False) -> dict[str, Callable]:
 def trl_has_value_head() -> bool:
     """Whether the installed TRL has ``AutoModelForCausalLMWithValueHead`` (TRL < 1.0 does, 1.x does not),
     looked up where verl looks for it."""
-    try:
-        from trl.experimental.ppo import AutoModelForCausalLMWithValueHead  # noqa: F401
-    except ImportError:
+    with warnings.catch_warnings():  # TRL warns on any import from trl.experimental
+        warnings.simplefilter("ignore")
         try:
-            from trl import AutoModelForCausalLMWithValueHead  # noqa: F401
+            from trl.experimental.ppo import AutoModelForCausalLMWithValueHead  # noqa: F401
         except ImportError:
-            return False
+            try:
+                from trl import AutoModelForCausalLMWithValueHead  # noqa: F401
+            except ImportError:
+                return False
     return True
 
 
