@@ -10,12 +10,10 @@ set -euo pipefail
 export VERL_USE_EXTERNAL_MODULES=sspo.integrations.verl
 
 objective_overrides() {  # hyperparameters per objective, through the actor fields the plug-in reads
-  local agg=seq-mean-token-mean  # the SPEC's aggregation (verl's default token-mean is refused by sequence objectives)
+  local agg=seq-mean-token-mean  # docs/objectives.md's aggregation (verl's default token-mean is refused by sequence objectives)
   [ "$1" = sspo_cispo ] && agg=token-mean
   echo "actor_rollout_ref.actor.loss_agg_mode=$agg"
   case "$1" in
-    sspo|sspo_sigmoid|sspo_gaussian|sspo_sapo)  # soft gates: tau_neg > tau_pos (SAPO's defaults)
-      echo "actor_rollout_ref.actor.tau_pos=1.0 actor_rollout_ref.actor.tau_neg=1.05" ;;
     sspo_grpo)  # DAPO clip-higher
       echo "actor_rollout_ref.actor.clip_ratio_low=0.2 actor_rollout_ref.actor.clip_ratio_high=0.28" ;;
     sspo_gspo|sspo_gspo_token)  # GSPO paper
@@ -24,6 +22,8 @@ objective_overrides() {  # hyperparameters per objective, through the actor fiel
       echo "actor_rollout_ref.actor.clip_ratio_low=0.4 actor_rollout_ref.actor.clip_ratio_high=0.4" ;;
     sspo_cispo)  # r_max = 1 + clip_ratio_high = 5; CISPO is token-mean
       echo "actor_rollout_ref.actor.clip_ratio_low=0.2 actor_rollout_ref.actor.clip_ratio_high=4.0" ;;
+    sspo|sspo_sapo|sspo_*)  # SAPO and SSPO with any gate (sspo_<gate>): tau_neg > tau_pos (SAPO's defaults)
+      echo "actor_rollout_ref.actor.tau_pos=1.0 actor_rollout_ref.actor.tau_neg=1.05" ;;
     *) echo "unknown sspo loss_mode: $1" >&2; return 2 ;;
   esac
 }

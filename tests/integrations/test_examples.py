@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VERL_DIR = ROOT / "examples" / "verl"
 SETUPS = ("gsm8k", "deepmath")
 OBJECTIVES = ("sspo", "sspo_grpo", "sspo_gspo", "sspo_gspo_token", "sspo_gmpo", "sspo_sapo", "sspo_cispo")
-SPEC_DEFAULTS = {  # docs/objectives.md's hyperparameters, as the plug-in must read them from each script
+PAPER_HYPERPARAMETERS = {  # docs/objectives.md's hyperparameters, as the plug-in must read them from each script
     "sspo": {"tau_pos": 1.0, "tau_neg": 1.05},
     "sspo_sapo": {"tau_pos": 1.0, "tau_neg": 1.05},
     "sspo_grpo": {"eps_low": 0.2, "eps_high": 0.28},
@@ -83,13 +83,35 @@ def test_script_runs_main_ppo_with_a_config_verl_accepts(setup, loss_mode):
 
     actor = omega_conf_to_dataclass(ref.actor)  # as verl's workers build it
     objective = sv.verl_names()[loss_mode][0]
-    assert sv.hyperparameters_from_config(objective, actor) == pytest.approx(SPEC_DEFAULTS[loss_mode])
+    assert sv.hyperparameters_from_config(objective, actor) == pytest.approx(PAPER_HYPERPARAMETERS[loss_mode])
     assert actor.loss_agg_mode == sspo.get_objective(objective).default_agg_mode
     mask = torch.tensor([[True, True, False], [True, True, True]])
     log_probs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -1.5, -1.0]])
     loss, _ = sv.REGISTERED[loss_mode](log_probs - 0.1, log_probs, torch.tensor([[1.0] * 3, [-1.0] * 3]) * mask,
                                        mask, actor.loss_agg_mode, actor)  # fmt: skip
     assert torch.isfinite(loss)
+
+
+def launch_command(setup: str, loss_mode: str) -> list[str]:
+    """The arguments ``source common.sh; launch <setup> <loss_mode>`` passes to ``python3``."""
+    snippet = f'source {VERL_DIR / "common.sh"}; python3() {{ printf "%s\\n" "$@"; }}; launch {setup} {loss_mode}'
+    env = {"DATA_DIR": "/data", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root"}
+    return subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, check=True, env=env).stdout.splitlines()
+
+
+@needs_verl
+def test_every_gate_launches_with_the_sspo_settings():
+    """``launch <setup> sspo_<gate>`` (the gate variants, no script of their own) for every registered gate."""
+    import sspo
+    import sspo.integrations.verl as sv
+
+    gates = [name for name, (objective, fixed) in sv.verl_names().items() if objective == "sspo"]
+    assert len(gates) == len(sspo.GATES)
+    for loss_mode in gates:
+        config = compose_main_ppo(launch_command("gsm8k", loss_mode)[2:])
+        actor = config.actor_rollout_ref.actor
+        assert actor.policy_loss.loss_mode == loss_mode and actor.loss_agg_mode == "seq-mean-token-mean"
+        assert (actor.tau_pos, actor.tau_neg) == (1.0, 1.05)
 
 
 @needs_verl

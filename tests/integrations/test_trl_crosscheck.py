@@ -59,7 +59,7 @@ def test_grpo_equals_trl_token_level_losses(loss_type, mode):
 
 
 def test_trl_grpo_counts_empty_completions_in_its_mean():
-    """TRL's ``grpo`` averages over all B rows (``.mean()``); the SPEC divides by the G' non-empty ones."""
+    """TRL's ``grpo`` averages over all B rows (``.mean()``); docs/objectives.md divides by the G' non-empty ones."""
     log_probs, old, adv, mask = random_batch(seed=1, drift=0.6, empty_row=True)
     theirs = trl_loss("grpo", log_probs, old, adv, mask)
     ours = sspo.policy_loss("grpo", log_probs, old, adv, mask).loss

@@ -13,9 +13,9 @@ if importlib.util.find_spec("trl") is None:
 import sspo
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trl" / "train_gsm8k.py"
-SPEC = importlib.util.spec_from_file_location("trl_gsm8k_example", EXAMPLE)
-example = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(example)
+MODULE_SPEC = importlib.util.spec_from_file_location("trl_gsm8k_example", EXAMPLE)
+example = importlib.util.module_from_spec(MODULE_SPEC)
+MODULE_SPEC.loader.exec_module(example)
 
 SMALL = [  # the preset's shape scaled down: 2 prompts × 4 samples, 4 updates of 2 responses, 8 tokens
     "rollout.prompts_per_step=2", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8",

@@ -1,6 +1,6 @@
 """Our objectives against verl 0.9.1's own policy losses on the same float64 tensors.
 
-Where verl's formula matches the SPEC the value and gradient agree to 1e-12; where it differs the
+Where verl's formula matches docs/objectives.md the value and gradient agree to 1e-12; where it differs the
 test pins the difference (and docs/integrations.md states it).
 """
 
@@ -66,7 +66,7 @@ def test_gspo_equals_verl_gspo_at_seq_mean_token_mean(objective):
 
 
 def test_verl_gspo_with_its_default_token_mean_weights_sequences_by_length():
-    """verl applies GSPO with any ``loss_agg_mode`` (its default ``token-mean``); the SPEC (and sspo)
+    """verl applies GSPO with any ``loss_agg_mode`` (its default ``token-mean``); docs/objectives.md (and sspo)
     refuse a token-level mode for a sequence-level objective."""
     log_probs, old, adv, mask = random_batch(seed=4, drift=0.02)
     kw = dict(clip_ratio_low=3e-3, clip_ratio_high=4e-3)
@@ -123,7 +123,7 @@ def test_verl_sapo_hard_codes_seq_mean_token_mean():
 @pytest.mark.parametrize("mode", MODES)
 def test_cispo_equals_verl_cispo_without_its_lower_clip(mode):
     """verl clamps the IS weight to ``[1 − clip_ratio_low, 1 + clip_ratio_high]``; ``clip_ratio_low=1``
-    turns the lower clip off (r > 0), leaving the SPEC's ``min(r, r_max)`` with ``r_max = 1 + clip_ratio_high``."""
+    turns the lower clip off (r > 0), leaving docs/objectives.md's ``min(r, r_max)`` with ``r_max = 1 + clip_ratio_high``."""
     log_probs, old, adv, mask = random_batch(seed=9, drift=0.8)
     theirs = verl_loss("cispo", log_probs, old, adv, mask, mode, clip_ratio_low=1.0, clip_ratio_high=1.5)
     ours = sspo.policy_loss("cispo", log_probs, old, adv, mask, loss_agg_mode=mode, ratio_max=2.5).loss

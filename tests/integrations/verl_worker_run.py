@@ -58,7 +58,7 @@ def compose_config(model_dir: str, loss_mode: str, loss_agg_mode: str):
         f"actor_rollout_ref.model.path={model_dir}",
         "actor_rollout_ref.model.use_remove_padding=False",  # padding removal needs flash-attn
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        "+actor_rollout_ref.model.override_config.attn_implementation=eager",  # verl's default: flash_attention_2
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",  # verl's default needs flash-attn
         "actor_rollout_ref.actor.strategy=fsdp2",  # FSDP1 on CPU fails on sync_module_states
         "actor_rollout_ref.actor.use_torch_compile=False",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",

@@ -6,8 +6,7 @@ Importing this module registers, in verl's ``POLICY_LOSS_REGISTRY``:
 verl ``policy_loss.loss_mode``  sspo objective
 ============================  ===========================================
 ``sspo``                      ``sspo`` with the ``arctan`` gate (default)
-``sspo_sigmoid``              ``sspo`` with the ``sigmoid`` gate
-``sspo_gaussian``             ``sspo`` with the ``gaussian`` gate
+``sspo_<gate>``               ``sspo`` with every other gate of :data:`sspo.GATES` (``sspo_sigmoid``, ...)
 ``sspo_<name>``               every other objective (``sspo_grpo``, ``sspo_gspo``,
                               ``sspo_gspo_token``, ``sspo_gmpo``, ``sspo_sapo``, ``sspo_cispo``)
 ============================  ===========================================
