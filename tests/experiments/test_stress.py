@@ -44,7 +44,7 @@ def test_the_full_ladder_is_paired_within_a_seed(tmp_path):
             # paired: everything but the objective (and the run directory) is the same within a level and seed
             strip = {k: v for k, v in config.items() if k not in ("objective", "out_dir")}
             assert strip == {k: v for k, v in configs[0].items() if k not in ("objective", "out_dir")}
-    assert [lv.name for lv in LEVELS if lv.name.startswith("L")] == ["L0", "L1", "L2", "L3", "L4"]
+    assert [lv.name for lv in LEVELS if lv.name.startswith("L")] == ["L0", "L1", "L2", "L3", "L4", "L5"]
 
 
 def test_sweeps_hold_the_temperatures_matched_to_grpos_clip():
@@ -135,12 +135,12 @@ def test_cells_pair_seeds_against_grpo_and_the_frontier_reads_the_ladder():
 # ----------------------------------------------------------------------------- the command
 def test_smoke_stress_with_a_mismatched_sampler(tmp_path):
     out = tmp_path / "stress"
-    argv = ["stress", "--levels", "M0", "--objectives", "grpo,sspo", "--seeds", "1", "--sweeps", "",
+    argv = ["stress", "--levels", "M1", "--objectives", "grpo,sspo", "--seeds", "1", "--sweeps", "",
             "--workers", "2", "--out", str(out), *TINY, f"warm_start.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     assert main(argv) == 0
     with open(out / "stress.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["level"], r["method"]) for r in rows] == [("M0", "grpo"), ("M0", "sspo")]
+    assert [(r["level"], r["method"]) for r in rows] == [("M1", "grpo"), ("M1", "sspo")]
     assert all(r["seeds"] == "1" for r in rows)
     assert all(float(r["abs_log_ratio_p99"]) > 0 for r in rows)  # the bf16 sampler: ratios != 1 from the start
     html = (out / "report.html").read_text()
