@@ -102,7 +102,7 @@ def test_unknown_split_task_and_missing_files(tmp_path):
         load_task("gsm8k", path=str(tmp_path / "nothere.jsonl"))
     with pytest.raises(FileNotFoundError, match="test.jsonl"):
         load_task("gsm8k", "test", path=str(tmp_path))
-    assert TASKS == ("gsm8k", "deepmath", "synthetic")
+    assert TASKS == ("gsm8k", "deepmath", "synthetic", "humaneval", "leetcode", "synthetic_code")
 
 
 def test_unreachable_hub_id_says_so_and_suggests_a_local_path(monkeypatch):

@@ -2,15 +2,18 @@
 
 A *source* is either a local path or a Hugging Face hub id:
 
-* a file ``.jsonl``, ``.json`` (a list of records, or JSON lines) or ``.parquet`` — used as is;
-* a directory holding ``{split}.jsonl``, ``{split}.json`` or ``{split}.parquet`` (also looked for
-  under ``data/``), e.g. ``train.jsonl`` / ``test.jsonl``;
+* a file ``.jsonl``, ``.json`` (a list of records, or JSON lines) or ``.parquet``, or a gzipped
+  ``.jsonl.gz`` / ``.json.gz`` — used as is;
+* a directory holding ``{split}.jsonl``, ``{split}.json`` or ``{split}.parquet`` (also gzipped, also
+  looked for under ``data/``), e.g. ``train.jsonl`` / ``test.jsonl``; a task may name other files to
+  look for (``leetcode-train.jsonl.gz``);
 * anything else of the form ``owner/name`` — loaded with :func:`datasets.load_dataset`; when the
   hub cannot be reached a :class:`DatasetUnavailableError` says so and suggests a local path.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -18,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,25 @@ class Problem:
     """A worked solution when the source has one (GSM8K's answer field; synthetic's ``… #### N``)."""
     meta: dict = field(default_factory=dict, compare=False, hash=False)
     """Source-specific extras (difficulty, topic, index, …)."""
+    instruction: str | None = None
+    """What the ``chat`` and ``plain`` templates append to the question (``None``: the math default,
+    :data:`sspo.tasks.prompts.DEFAULT_INSTRUCTION`)."""
+
+
+@dataclass(frozen=True)
+class CodeProblem(Problem):
+    """A coding problem: the reward runs the completion's program against ``tests``
+    (:class:`sspo.rewards.CodeScorer` reads ``tests``, ``entry_point`` and ``prefix``). ``answer`` is
+    unused (empty); ``solution`` is a reference program, for supervised warm starts only — never
+    part of a prompt."""
+
+    answer: str = ""
+    tests: str = ""
+    """Source of ``check(candidate)`` (HumanEval / LeetCodeDataset format)."""
+    entry_point: str = ""
+    """The expression naming the candidate: ``add``, ``Solution().twoSum``."""
+    prefix: str = ""
+    """Trusted text put before the program (imports, helper classes, a signature)."""
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -44,18 +66,21 @@ def is_local(path: str) -> bool:
     return os.path.exists(path) or path.endswith(LOCAL_SUFFIXES) or path.startswith((".", "/", "~"))
 
 
-def read_local(path: str, split: str, task: str) -> list[dict[str, Any]]:
-    """Records of ``split`` from a local file or a directory of split files."""
+def read_local(path: str, split: str, task: str, names: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Records of ``split`` from a local file or a directory of split files (``{split}.*``, then
+    ``{name}.*`` for each of ``names``)."""
     path = os.path.expanduser(path)
     if os.path.isdir(path):
+        stems = (split, *names)
         for folder in (path, os.path.join(path, "data")):
-            for suffix in LOCAL_SUFFIXES:
-                candidate = os.path.join(folder, split + suffix)
-                if os.path.isfile(candidate):
-                    return read_file(candidate)
+            for stem in stems:
+                for suffix in LOCAL_SUFFIXES:
+                    candidate = os.path.join(folder, stem + suffix)
+                    if os.path.isfile(candidate):
+                        return read_file(candidate)
+        looked = ", ".join(f"{stem}{suffix}" for stem in stems for suffix in LOCAL_SUFFIXES[:3])
         raise FileNotFoundError(
-            f"{task}: no file for split {split!r} in directory {path!r} "
-            f"(looked for {split}.jsonl, {split}.json, {split}.parquet)"
+            f"{task}: no file for split {split!r} in directory {path!r} (looked for {looked}, also gzipped)"
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{task}: local data file {path!r} does not exist")
@@ -63,14 +88,15 @@ def read_local(path: str, split: str, task: str) -> list[dict[str, Any]]:
 
 
 def read_file(path: str) -> list[dict[str, Any]]:
-    """Records of one ``.jsonl``, ``.json`` or ``.parquet`` file."""
+    """Records of one ``.jsonl``, ``.json`` or ``.parquet`` file (the JSON ones may be gzipped)."""
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    with open(path, encoding="utf-8") as handle:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
         text = handle.read()
-    if path.endswith(".json"):
+    if path.removesuffix(".gz").endswith(".json"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
@@ -104,10 +130,12 @@ def read_hub(hub_id: str, split: str, task: str, config: str | None = None) -> I
         ) from exc
 
 
-def read_source(path: str, split: str, task: str, config: str | None = None) -> Iterable[dict[str, Any]]:
-    """Records from a local path or a hub id (see the module docstring)."""
+def read_source(
+    path: str, split: str, task: str, config: str | None = None, names: Sequence[str] = ()
+) -> Iterable[dict[str, Any]]:
+    """Records from a local path or a hub id (see the module docstring; ``names``: see :func:`read_local`)."""
     if is_local(path):
-        return read_local(path, split, task)
+        return read_local(path, split, task, names)
     return read_hub(path, split, task, config)
 
 

@@ -6,6 +6,10 @@
 * ``raw``   — ``"{question}\\n"``, no instruction: for the tiny character-level model, which learns the
   synthetic task's ``… #### N`` format directly and gains nothing from an instruction it cannot read;
 * ``auto``  — ``chat`` when the tokenizer has a chat template, else ``plain``.
+
+The instruction is the problem's own when it has one (:attr:`Problem.instruction`; code tasks ask for a
+fenced Python block, :data:`CODE_INSTRUCTION`), else :data:`DEFAULT_INSTRUCTION`
+(:func:`problem_prompt`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CODE_INSTRUCTION = "Write your solution as one complete Python program in a ```python code block."
 TEMPLATES = ("auto", "chat", "plain", "raw")
 
 
@@ -42,3 +47,10 @@ def format_prompt(
         raise ValueError("template 'chat' needs a tokenizer with a chat_template; use template='plain'")
     messages = [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def problem_prompt(problem: Any, tokenizer: Any = None, *, template: str = "auto") -> str:
+    """:func:`format_prompt` of ``problem.question`` with the problem's instruction (default: the math one)."""
+    instruction = getattr(problem, "instruction", None)
+    return format_prompt(problem.question, tokenizer, template=template,
+                         instruction=DEFAULT_INSTRUCTION if instruction is None else instruction)  # fmt: skip
