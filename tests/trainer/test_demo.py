@@ -2,6 +2,8 @@
 
 import json
 
+import yaml
+
 from sspo.demo import run_demo
 
 SMALL = [
@@ -10,12 +12,17 @@ SMALL = [
 ]  # fmt: skip
 
 
+SUMMARY_KEYS = {"objective", "accuracy_before", "accuracy_after", "gain_points", "eval_problems", "steps",
+                "train_seconds", "warm_start", "plot", "wall_seconds"}
+"""The keys of ``summary.json`` (both demos; ``control_sft`` with ``--control``)."""
+
+
 def test_demo_writes_the_summary_and_the_control(tmp_path, monkeypatch):
     monkeypatch.setenv("SSPO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     summary = run_demo(str(out), control=True, overrides=SMALL)
     saved = json.loads((out / "summary.json").read_text())
-    assert saved == summary
+    assert saved == summary and set(saved) == SUMMARY_KEYS | {"control_sft"}
     assert saved["objective"] == "sspo" and 1 <= saved["steps"] <= 2
     for key in ("accuracy_before", "accuracy_after"):
         assert 0.0 <= saved[key] <= 1.0
@@ -23,3 +30,20 @@ def test_demo_writes_the_summary_and_the_control(tmp_path, monkeypatch):
     assert saved["wall_seconds"] > saved["train_seconds"] > 0
     assert 0.0 <= saved["control_sft"]["accuracy"] <= 1.0 and saved["control_sft"]["steps"] >= 1
     assert (out / "plots" / "training.png").is_file()
+
+
+def test_code_demo_writes_the_same_summary_with_pass_rates(tmp_path, monkeypatch):
+    """``sspo demo --task code`` on a shrunken budget: the synthetic coding task, rewards from the sandbox,
+    the math demo's summary keys (accuracies are held-out pass rates)."""
+    monkeypatch.setenv("SSPO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "code"
+    summary = run_demo(str(out), control=True, overrides=SMALL, task="code")
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == summary and set(saved) == SUMMARY_KEYS | {"control_sft"}
+    assert saved["objective"] == "sspo" and 1 <= saved["steps"] <= 2
+    assert 0.0 <= saved["accuracy_before"] <= 1.0 and 0.0 <= saved["accuracy_after"] <= 1.0
+    assert saved["wall_seconds"] > saved["train_seconds"] > 0 and saved["control_sft"]["steps"] >= 1
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["task"]["name"] == "synthetic_code" and config["model"] == "tiny"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/passed_frac" in r and r["reward/error_frac"] == 0.0 for r in rows)  # scored in the sandbox

@@ -126,12 +126,20 @@ def test_train_cli_smoke_and_bad_config_error(tmp_path):
 
 
 def test_work_check_zeroes_right_answers_with_wrong_work():
-    from sspo.trainer.rollout import _require_work
+    from sspo.tasks import Problem
+    from sspo.trainer.rewards import MathReward
 
     completions = ["3+4=7. #### 7", "3+4=8. 8-1=7. #### 7", "3+4=7. #### 9", "#### 7"]
-    rewards, metrics = _require_work([1.0, 1.0, 0.0, 1.0], completions)
-    assert rewards == [1.0, 0.0, 0.0, 0.0]
-    assert metrics == {"reward/mean": 0.25, "reward/answer_mean": 0.75, "reward/bad_work_frac": 0.5}
+    problems = [Problem("3+4?", "7")] * 4
+    reward = MathReward(check_work=True)
+    try:
+        rewards, metrics = reward.score_batch(completions, problems)
+        assert rewards == [1.0, 0.0, 0.0, 0.0]
+        assert {k: metrics[k] for k in ("reward/mean", "reward/answer_mean", "reward/bad_work_frac")} == {
+            "reward/mean": 0.25, "reward/answer_mean": 0.75, "reward/bad_work_frac": 0.5}  # fmt: skip
+        assert reward.success_batch(completions, problems) == [1.0, 1.0, 0.0, 1.0]  # evaluation: the answer alone
+    finally:
+        reward.close()
 
 
 @pytest.mark.parametrize("source", ["recompute", "sampler"])

@@ -37,6 +37,10 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+class ModelUnavailableError(RuntimeError):
+    """A model could not be loaded from its directory or the hub (missing files, no network, ...)."""
+
+
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
@@ -73,7 +77,8 @@ def load_model_and_tokenizer(
     - ``"tiny"``: the built-in character tokenizer and a fresh tiny Qwen2 (``tiny_config`` or defaults).
     - a local directory: loaded with ``AutoTokenizer`` / ``AutoModelForCausalLM`` (no network).
     - anything else: treated as a hub id; with ``HF_HUB_OFFLINE=1`` only the local cache is consulted.
-      If it cannot be fetched, a ``RuntimeError`` says so and suggests a local path.
+      If it cannot be fetched, a :class:`ModelUnavailableError` (a ``RuntimeError``) says so and suggests
+      a local path.
 
     ``dtype`` is a ``torch.dtype`` or a name (``"bf16"``, ``"float32"``, ...); ``None`` keeps the
     checkpoint's dtype (float32 for ``"tiny"``). A tokenizer without a pad token gets its eos token as
@@ -96,7 +101,7 @@ def load_model_and_tokenizer(
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **kwargs)
         except OSError as err:  # raised for missing files, unreachable hub and offline cache misses
             where = "the local directory" if is_local else "the Hugging Face hub (or its local cache)"
-            raise RuntimeError(
+            raise ModelUnavailableError(
                 f"could not load model {name!r} from {where}: {str(err).strip().rstrip('.')}. "
                 "Without network access, download the model elsewhere and pass its local directory "
                 "(containing config.json, the weights and the tokenizer files) as name_or_path, "

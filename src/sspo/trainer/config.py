@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-TASK_REWARDS = ("answer", "answer_and_work")
-"""Training rewards of ``task.reward``."""
+TASK_REWARDS = ("answer", "answer_and_work", "partial")
+"""Training rewards of ``task.reward`` (``answer_and_work``: math tasks only; ``partial``: code tasks only)."""
 SFT_SCHEDULES = ("cosine", "linear", "constant")
 """Learning-rate schedules of supervised training (``warm_start.schedule``)."""
 OLD_LOGPROBS = ("auto", "recompute", "sampler")
@@ -43,9 +43,10 @@ class ConfigError(ValueError):
 @dataclass
 class TaskConfig:
     name: str = "synthetic"
-    """Task: ``synthetic`` (built-in, offline), ``gsm8k`` or ``deepmath``."""
+    """Task: math — ``synthetic`` (built-in, offline), ``gsm8k``, ``deepmath``; code (rewarded by running
+    the tests, docs/code_tasks.md) — ``synthetic_code`` (built-in, offline), ``humaneval``, ``leetcode``."""
     path: str | None = None
-    """Hub id or local file/directory for ``gsm8k``/``deepmath`` (``None``: the official hub id)."""
+    """Hub id or local file/directory for the data-set tasks (``None``: the official hub id)."""
     train_split: str = "train"
     """Split trained on."""
     eval_split: str = "test"
@@ -55,9 +56,10 @@ class TaskConfig:
     template: str = "auto"
     """Prompt template: ``auto`` (chat template if the tokenizer has one, else plain), ``chat``, ``plain``, ``raw``."""
     reward: str = "answer"
-    """Training reward: ``answer`` (1 if the final answer is right) or ``answer_and_work`` (also every shown
-    equation ``a∘b=c`` is true, they chain, and the answer follows from them; see ``sspo.rewards.work``).
-    Evaluation always scores the final answer alone."""
+    """Training reward: ``answer`` (1 if the final answer is right; for a code task, if the program passes
+    every test), ``answer_and_work`` (math: also every shown equation ``a∘b=c`` is true, they chain, and the
+    answer follows from them; see ``sspo.rewards.work``) or ``partial`` (code: the fraction of the tests'
+    assertions that held). Evaluation always scores the final answer alone, or every test."""
     options: dict[str, Any] = field(default_factory=dict)
     """Task options, e.g. synthetic ``{max_steps: 3, max_operand: 9}`` or deepmath ``{min_difficulty: 5}``
     (``sspo.tasks.task_options(name)`` lists them). Changing ``task.name`` drops the old task's options;
@@ -84,7 +86,12 @@ class RolloutConfig:
     take the behaviour log-probs from that sampler, as such pipelines do, so that even the first update
     of a fresh rollout sees ratios ≠ 1. ``same``: no mismatch (the sampler is the trained model)."""
     reward_timeout: float = 1.0
-    """Seconds allowed per symbolic answer comparison."""
+    """Seconds allowed per symbolic answer comparison; for a code task, per program (start-up, import and
+    every call of its tests together)."""
+    code_memory_mb: int = 1024
+    """Code tasks: the address-space limit of each program, in MiB (the interpreter's own mappings included)."""
+    reward_workers: int | None = None
+    """Code tasks: programs run at once, each in its own sandboxed judge (``None``: two per usable core)."""
     truncated: str = "drop"
     """Responses cut off at ``max_new_tokens`` (no EOS): ``drop`` (DAPO's overlong filtering: they get no
     loss and are left out of their group's advantage statistics), ``zero`` (reward 0, trained on as
@@ -413,18 +420,22 @@ def validate(config: TrainConfig) -> None:
     """Check every field before any work; raise :class:`ConfigError` naming the first bad one."""
     import sspo  # local: keep `sspo --help` free of torch
 
-    from ..tasks import TASKS, TEMPLATES, task_options
+    from ..tasks import TASKS, TEMPLATES, is_code_task, task_splits
 
     t, r, o, p, u, e, w = (config.task, config.rollout, config.objective, config.optim, config.update,
                            config.eval, config.warm_start)  # fmt: skip
+    check_model_source(config.model)
     _require(t.name in TASKS, "task.name", f"unknown task {t.name!r}; valid: {', '.join(TASKS)}")
     _require(t.template in TEMPLATES, "task.template", f"{t.template!r} is not one of {', '.join(TEMPLATES)}")
     _require(t.reward in TASK_REWARDS, "task.reward", f"{t.reward!r} is not one of {', '.join(TASK_REWARDS)}")
+    kind, other = ("code", "answer_and_work") if is_code_task(t.name) else ("math", "partial")
+    _require(t.reward != other, "task.reward", f"{t.reward!r} is not a reward of the {kind} task {t.name!r}; "
+             f"use {' or '.join(r for r in TASK_REWARDS if r != other)}")  # fmt: skip
+    for name, split in (("task.train_split", t.train_split), ("task.eval_split", t.eval_split)):
+        _require(split in task_splits(t.name), name,
+                 f"task {t.name!r} has no split {split!r}; valid: {', '.join(task_splits(t.name))}")  # fmt: skip
     _require(t.train_size is None or t.train_size > 0, "task.train_size", f"must be > 0, got {t.train_size}")
-    valid_options = task_options(t.name)
-    for key in t.options:
-        _require(key in valid_options, f"task.options.{key}",
-                 f"unknown option of task {t.name!r}; valid: {', '.join(valid_options) or 'none'}")  # fmt: skip
+    _check_task_options(t.name, t.options)
     _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {r.prompts_per_step}")
     _require(r.samples_per_prompt >= 2, "rollout.samples_per_prompt",
              f"must be >= 2 (group advantages need a group), got {r.samples_per_prompt}")  # fmt: skip
@@ -433,6 +444,9 @@ def validate(config: TrainConfig) -> None:
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.backend in ("auto", "fast", "hf"), "rollout.backend", f"{r.backend!r} is not one of auto, fast, hf")
     _require(r.reward_timeout > 0, "rollout.reward_timeout", f"must be > 0, got {r.reward_timeout}")
+    _require(r.code_memory_mb >= 64, "rollout.code_memory_mb", f"must be >= 64 (MiB), got {r.code_memory_mb}")
+    _require(r.reward_workers is None or r.reward_workers >= 1, "rollout.reward_workers",
+             f"must be >= 1 or none, got {r.reward_workers}")  # fmt: skip
     _require(r.sampler_dtype in SAMPLER_DTYPES, "rollout.sampler_dtype",
              f"{r.sampler_dtype!r} is not one of {', '.join(SAMPLER_DTYPES)}")  # fmt: skip
     _require(r.sampler_dtype == "same" or u.old_logprobs != "recompute", "rollout.sampler_dtype",
@@ -481,6 +495,34 @@ def validate(config: TrainConfig) -> None:
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"{config.device!r} is not one of auto, cpu, cuda")
     _require(config.dtype in ("auto", "float32", "bfloat16"), "dtype", f"{config.dtype!r} is not one of auto, float32, bfloat16")
     _require(config.threads is None or config.threads >= 1, "threads", f"must be >= 1, got {config.threads}")
+
+
+def check_model_source(name: str) -> None:
+    """``model`` must be ``tiny``, an existing directory, or look like a hub id (``owner/name``);
+    :class:`ConfigError` otherwise. Whether a hub id can be fetched is known only when it is loaded."""
+    from pathlib import Path as _Path
+
+    if name == "tiny" or _Path(name).expanduser().is_dir():
+        return
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip()
+    if looks_local:
+        raise ConfigError(f"model: {name!r} is not an existing directory; pass a directory holding config.json, "
+                          "the weights and the tokenizer files, a hub id such as Qwen/Qwen2.5-0.5B-Instruct, "
+                          "or 'tiny' for the built-in model")  # fmt: skip
+
+
+def _check_task_options(name: str, options: dict) -> None:
+    """Option names and values of task ``name`` (no data is loaded); the error names the option."""
+    from ..tasks import check_task_options
+
+    try:
+        check_task_options(name, options)
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        key = next((k for k in options if message.startswith(f"{k}:")), None)
+        if key is None:  # a message that does not start with the option's name (SyntheticConfig's own)
+            raise ConfigError(f"task.options: {message}") from None
+        raise ConfigError(f"task.options.{key}:{message[len(key) + 1:]}") from None
 
 
 def _check_objective_params(o: ObjectiveConfig) -> None:

@@ -1,4 +1,6 @@
-"""Held-out evaluation: greedy accuracy and pass@k.
+"""Held-out evaluation: greedy accuracy and pass@k, by the task's strict success
+(:meth:`TaskReward.success_batch`: the final answer is right, or the program passes every test —
+for a code task ``eval/accuracy`` is the greedy pass rate).
 
 ``pass@k`` uses the unbiased estimator of Chen et al. (2021) with ``n = k`` samples per problem,
 which reduces to the fraction of problems with at least one correct sample.
@@ -8,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..rewards import RewardScorer
 from ..tasks import Problem
+from .rewards import TaskReward
 from .rollout import decode_responses, encode_prompts
 from .sampling import sample
 
@@ -25,8 +27,7 @@ def _scores(model, tokenizer, problems, scorer, *, repeats, greedy, max_new_toke
                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                      generator=generator, return_logprobs=False, backend=backend)  # fmt: skip
         texts = decode_responses(tokenizer, out.response_ids, out.response_mask)
-        refs = [problems[i].answer for i in chunk for _ in range(repeats)]
-        rewards, _ = scorer.score_batch(texts, refs)
+        rewards = scorer.success_batch(texts, [problems[i] for i in chunk for _ in range(repeats)])
         for j, i in enumerate(chunk):
             scores[i] = rewards[j * repeats : (j + 1) * repeats]
     return scores
@@ -36,7 +37,7 @@ def evaluate(
     model,
     tokenizer,
     problems: list[Problem],
-    scorer: RewardScorer,
+    scorer: TaskReward,
     *,
     max_new_tokens: int,
     template: str,

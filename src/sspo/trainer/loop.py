@@ -27,15 +27,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..models.loading import ModelUnavailableError
 from ..objectives import policy_loss
-from ..rewards import RewardScorer
-from ..tasks import load_task
+from ..tasks import DatasetUnavailableError, load_task
 from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
-from .config import TrainConfig, to_dict, validate
+from .config import ConfigError, TrainConfig, to_dict, validate
 from .evaluate import evaluate
 from .metrics_log import MetricsLogger, Progress, truncate_metrics
 from .plots import plot_run
 from .policy import response_logprobs
+from .rewards import task_reward
 from .rollout import logprob_mismatch, make_rollout
 from .warm_start import prepare_model
 
@@ -69,7 +70,8 @@ def _resolve_device(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if config.device == "auto" else config.device))  # fmt: skip
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available")
+        raise ConfigError("device: 'cuda' requested but this machine has no CUDA device; run on a GPU machine, or "
+                          "set device=cpu dtype=float32 to try the run on the CPU")  # fmt: skip
     if config.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     else:
@@ -89,6 +91,24 @@ class _StepStats:
         return {k: float(torch.stack(v).float().mean()) for k, v in self.values.items()}
 
 
+def load_problems(config: TrainConfig) -> tuple[list, list]:
+    """``(train problems, held-out problems)`` of ``config.task``. Data that cannot be had (an
+    unreachable hub id, a missing file, records without a required field) is a :class:`ConfigError`
+    naming ``task.path`` (``task.options`` for a generated task)."""
+    t = config.task
+    try:
+        train = load_task(t.name, t.train_split, path=t.path, limit=t.train_size, seed=config.seed, **t.options)
+        held_out = load_task(t.name, t.eval_split, path=t.path, limit=config.eval.num_problems, seed=config.seed + 1,
+                             **t.options)  # fmt: skip
+    except (DatasetUnavailableError, OSError, ValueError) as exc:
+        field = "task.options" if t.name in ("synthetic", "synthetic_code") else "task.path"
+        raise ConfigError(f"{field}: {exc}") from exc
+    for split, problems in ((t.train_split, train), (t.eval_split, held_out)):
+        if not problems:
+            raise ConfigError(f"task.path: task {t.name!r} has no problems in split {split!r} (after its options)")
+    return train, held_out
+
+
 class Trainer:
     """Builds everything a run needs from a validated :class:`TrainConfig`; :meth:`run` trains."""
 
@@ -106,16 +126,20 @@ class Trainer:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.device, self.dtype = _resolve_device(config)
+        self.train_problems, self.eval_problems = load_problems(config)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-        self.model, self.tokenizer, self.model_info = prepare_model(config, dtype=self.dtype, device=self.device, log=log)
+        try:
+            self.model, self.tokenizer, self.model_info = prepare_model(config, dtype=self.dtype, device=self.device, log=log)
+        except ModelUnavailableError as exc:
+            raise ConfigError(f"model: {exc}") from exc
         self.model.eval()  # no dropout: ratios of the first update start at exactly 1
-        t = config.task
-        self.train_problems = load_task(t.name, t.train_split, path=t.path, limit=t.train_size, seed=config.seed, **t.options)
-        self.eval_problems = load_task(t.name, t.eval_split, path=t.path, limit=config.eval.num_problems,
-                                       seed=config.seed + 1, **t.options)  # fmt: skip
-        self.scorer = RewardScorer(timeout=config.rollout.reward_timeout)
+        try:
+            self.scorer = task_reward(config)
+            """The task's reward (:mod:`sspo.trainer.rewards`): final answers, or programs run against tests."""
+        except RuntimeError as exc:  # code rewards need Linux
+            raise ConfigError(f"task.name: {exc}") from exc
         self.updates_per_step = config.update.mini_batches * config.update.epochs
         mode = config.update.old_logprobs
         sampler_dtype = config.rollout.sampler_dtype
@@ -216,9 +240,10 @@ class Trainer:
             self._warn_once("reward_error", f"step {step}: {share:.0%} of the rewards are verifier errors, not "
                                             f"answers{detail}; see reward/error_frac")  # fmt: skip
             if share > c.max_reward_error_frac:
+                hint = getattr(self.scorer, "error_hint", "fix the verifier")
                 raise TrainingError(f"rollout.max_reward_error_frac: {share:.0%} of step {step}'s rewards are verifier "
-                                    f"errors (more than {c.max_reward_error_frac:.0%}){detail}; fix the verifier "
-                                    "(math-verify) or raise rollout.max_reward_error_frac")  # fmt: skip
+                                    f"errors (more than {c.max_reward_error_frac:.0%}){detail}; {hint}, "
+                                    "or raise rollout.max_reward_error_frac")  # fmt: skip
         if c.truncated == "score" and metrics.get("reward/truncated_rewarded_frac", 0.0) > 0:
             self._warn_once("truncated", f"step {step}: responses cut off at rollout.max_new_tokens were rewarded "
                                          "(rollout.truncated=score); `drop` or `zero` stops that")  # fmt: skip
@@ -240,8 +265,8 @@ class Trainer:
             samples_per_prompt=c.rollout.samples_per_prompt, max_new_tokens=c.rollout.max_new_tokens,
             temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
             advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
-            backend=c.rollout.backend, reference=self.reference, check_work=c.task.reward == "answer_and_work",
-            recompute=self.recompute_old, truncated=c.rollout.truncated,
+            backend=c.rollout.backend, reference=self.reference, recompute=self.recompute_old,
+            truncated=c.rollout.truncated,
         )  # fmt: skip
         self._check_rewards(step, batch.metrics)
         t_rollout = time.perf_counter() - t0
@@ -433,6 +458,7 @@ def resume(run_dir: str | Path, *, log=print, overrides: list[str] | None = None
 
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir!s} has no {CONFIG_FILE}: not a run directory")
+        raise FileNotFoundError(f"run_dir: {run_dir!s} has no {CONFIG_FILE}, so it is not a run directory; "
+                                "pass the out_dir of an earlier `sspo train`")
     config = load_config(path, [f"out_dir={run_dir}", *(overrides or [])])
     return Trainer(config, resume=True, log=log).run()

@@ -8,11 +8,10 @@ import torch
 from torch import Tensor
 
 from ..advantages import group_advantages
-from ..rewards import RewardScorer
-from ..rewards.work import work_is_consistent
-from ..tasks import Problem, format_prompt
+from ..tasks import Problem, problem_prompt
 from ..tasks.prompts import has_chat_template
 from .policy import response_logprobs_no_grad
+from .rewards import TaskReward
 from .sampling import sample
 
 
@@ -53,7 +52,7 @@ class RolloutBatch:
 
 def encode_prompts(problems: list[Problem], tokenizer, template: str) -> list[list[int]]:
     """Token ids of each problem's formatted prompt (no special tokens added twice)."""
-    texts = [format_prompt(p.question, tokenizer, template=template) for p in problems]
+    texts = [problem_prompt(p, tokenizer, template=template) for p in problems]
     chat = template == "chat" or (template == "auto" and has_chat_template(tokenizer))
     add_special = not chat  # a chat template writes its own special tokens
     return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
@@ -65,23 +64,11 @@ def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> 
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
-def _require_work(rewards: list[float], completions: list[str]) -> tuple[list[float], dict[str, float]]:
-    """Zero the reward of right answers whose work is inconsistent; metrics of how often that happens."""
-    consistent = [work_is_consistent(c) for c in completions]
-    checked = [r if ok else 0.0 for r, ok in zip(rewards, consistent)]
-    n = max(1, len(rewards))
-    return checked, {
-        "reward/mean": sum(checked) / n,
-        "reward/answer_mean": sum(rewards) / n,
-        "reward/bad_work_frac": sum(1 for r, ok in zip(rewards, consistent) if r > 0 and not ok) / n,
-    }
-
-
 def make_rollout(
     behaviour,
     tokenizer,
     problems: list[Problem],
-    scorer: RewardScorer,
+    scorer: TaskReward,
     *,
     samples_per_prompt: int,
     max_new_tokens: int,
@@ -92,13 +79,11 @@ def make_rollout(
     generator: torch.Generator,
     backend: str = "auto",
     reference=None,
-    check_work: bool = False,
     recompute: bool = True,
     truncated: str = "drop",
 ) -> RolloutBatch:
-    """Sample ``G`` responses per problem with ``behaviour``, score them, compute advantages.
-    ``check_work``: a right answer earns its reward only if its shown work is consistent
-    (:func:`sspo.rewards.work.work_is_consistent`). ``recompute``: behaviour log-probs from a no-grad
+    """Sample ``G`` responses per problem with ``behaviour``, score them with the task's training reward
+    (:meth:`TaskReward.score_batch`), compute advantages. ``recompute``: behaviour log-probs from a no-grad
     training forward of ``behaviour`` (else the sampler's own). ``truncated``: responses with no EOS
     within ``max_new_tokens`` are ``drop``-ped (no loss, left out of their group's advantage
     statistics, reward logged as 0), get reward 0 (``zero``), or are graded as they are (``score``)."""
@@ -109,11 +94,7 @@ def make_rollout(
         backend=backend,
     )  # fmt: skip
     completions = decode_responses(tokenizer, out.response_ids, out.response_mask)
-    references = [p.answer for p in problems for _ in range(samples_per_prompt)]
-    rewards_list, reward_metrics = scorer.score_batch(completions, references)
-    if check_work:
-        rewards_list, work_metrics = _require_work(rewards_list, completions)
-        reward_metrics.update(work_metrics)
+    rewards_list, reward_metrics = scorer.score_batch(completions, [p for p in problems for _ in range(samples_per_prompt)])
     mask = out.response_mask
     cut = truncated_rows(out.response_ids, mask, tokenizer.eos_token_id)
     rewards = torch.tensor(rewards_list, dtype=torch.float32, device=mask.device)

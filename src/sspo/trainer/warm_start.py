@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..models.loading import load_model_and_tokenizer
-from ..tasks import format_prompt, load_task
+from ..tasks import load_task, problem_prompt
 from .config import TrainConfig
 from .sft import sft_train
 
@@ -34,7 +34,7 @@ def warm_start_key(config: TrainConfig) -> str:
 
 def sft_pairs(problems, tokenizer, template: str) -> list[tuple[str, str]]:
     """(prompt, worked solution) pairs; problems without a solution are skipped."""
-    return [(format_prompt(p.question, tokenizer, template=template), p.solution) for p in problems if p.solution]
+    return [(problem_prompt(p, tokenizer, template=template), p.solution) for p in problems if p.solution]
 
 
 def prepare_model(config: TrainConfig, *, dtype=None, device="cpu", log=print):
