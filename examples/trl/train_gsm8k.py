@@ -43,14 +43,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def preset_config(objective: str, overrides=()) -> sspo.TrainConfig:
-    """The paper preset for ``objective`` (its own, or the base preset with the hyperparameters of
+def preset_config(objective: str, overrides=(), preset: str = PRESET) -> sspo.TrainConfig:
+    """The preset for ``objective`` (``<preset>-<objective>``, or ``preset`` with the hyperparameters of
     :data:`PRESET_OF`'s choice) with ``overrides`` applied."""
     configs = Path(sspo.__file__).parent / "configs"
-    if (configs / f"{PRESET}-{objective}.yaml").is_file():
-        return sspo.load_config(f"{PRESET}-{objective}", list(overrides))
-    params = sspo.load_config(f"{PRESET}-{PRESET_OF[objective]}").objective.params if objective in PRESET_OF else {}
-    return sspo.load_config(PRESET, [f"objective.name={objective}", f"objective.params={json.dumps(params)}",
+    if (configs / f"{preset}-{objective}.yaml").is_file():
+        return sspo.load_config(f"{preset}-{objective}", list(overrides))
+    params = sspo.load_config(f"{preset}-{PRESET_OF[objective]}").objective.params if objective in PRESET_OF else {}
+    return sspo.load_config(preset, [f"objective.name={objective}", f"objective.params={json.dumps(params)}",
                                      *overrides])  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared verl launcher for the sspo objectives. Usage (from a per-objective script):
-#   source examples/verl/common.sh; launch <setup: gsm8k|deepmath> <verl loss_mode> [extra hydra overrides...]
-# Environment: DATA_DIR (parquet from preprocess.py, default ~/data/sspo), N_GPUS, NNODES, LOGGER.
+#   source examples/verl/common.sh; launch <setup: gsm8k|deepmath|leetcode> <verl loss_mode> [extra hydra overrides...]
+# Environment: DATA_DIR (parquet from preprocess.py, default ~/data/sspo), N_GPUS, NNODES, LOGGER;
+# for leetcode also SSPO_CODE_WORKERS, SSPO_CODE_TIMEOUT, SSPO_CODE_MEMORY_MB (see reward.py).
 set -euo pipefail
 
 # Every Ray worker imports the plug-in: through the environment (single node: workers inherit it;
@@ -67,7 +68,26 @@ trainer.n_gpus_per_node=${N_GPUS:-8}
 trainer.total_epochs=1
 EOS
     ;;
-    *) echo "unknown setup: $1 (gsm8k|deepmath)" >&2; return 2 ;;
+    leetcode) cat <<EOS
+actor_rollout_ref.model.path=Qwen/Qwen2.5-7B-Instruct
+data.train_files=$data/leetcode/train.parquet
+data.val_files=$data/leetcode/test.parquet
+data.train_batch_size=128
+data.max_prompt_length=1024
+data.max_response_length=2048
+actor_rollout_ref.rollout.n=8
+actor_rollout_ref.actor.ppo_mini_batch_size=32
+actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4
+actor_rollout_ref.actor.optim.lr=1e-6
+actor_rollout_ref.actor.fsdp_config.param_offload=False
+actor_rollout_ref.actor.fsdp_config.optimizer_offload=False
+actor_rollout_ref.rollout.tensor_model_parallel_size=2
+actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8
+trainer.n_gpus_per_node=${N_GPUS:-8}
+trainer.total_epochs=10
+EOS
+    ;;
+    *) echo "unknown setup: $1 (gsm8k|deepmath|leetcode)" >&2; return 2 ;;
   esac
 }
 

@@ -1,15 +1,22 @@
-"""Write the parquet files the verl launch scripts read: GSM8K and DeepMath-103K in verl's RL schema.
+"""Write the parquet files the verl launch scripts read: GSM8K, DeepMath-103K and LeetCodeDataset in
+verl's RL schema.
 
-    python examples/verl/preprocess.py --out ~/data/sspo            # both
+    python examples/verl/preprocess.py --out ~/data/sspo            # all three
     python examples/verl/preprocess.py --out ~/data/sspo --only gsm8k
+    python examples/verl/preprocess.py --out ~/data/sspo --only leetcode --leetcode-path ../shared/data/code
 
 Each row: ``data_source``, ``prompt`` (chat messages), ``ability``, ``reward_model`` (``style: rule``,
-``ground_truth``), ``extra_info``. Needs the Hugging Face hub (``openai/gsm8k``, ``zwhe99/DeepMath-103K``).
+``ground_truth``), ``extra_info``. For LeetCodeDataset the prompt is the problem statement with its
+starter code and sspo's code instruction (never the reference solution), and ``ground_truth`` is JSON
+with ``tests``, ``entry_point`` and ``prefix``, which ``reward.py`` runs in sspo's sandbox. Needs the
+Hugging Face hub (``openai/gsm8k``, ``zwhe99/DeepMath-103K``, ``newfacade/LeetCodeDataset``) unless
+``--leetcode-path`` names a local copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 
@@ -25,15 +32,36 @@ def gsm8k_answer(solution: str) -> str:
     return match.group(1).replace(",", "")
 
 
-def row(source: str, question: str, answer: str, split: str, index: int) -> dict:
+LEETCODE_SOURCE = "newfacade/LeetCodeDataset"
+
+
+def row(source: str, question: str, answer: str, split: str, index: int, ability: str = "math") -> dict:
     """One verl RL row."""
     return {
         "data_source": source,
         "prompt": [{"role": "user", "content": question}],
-        "ability": "math",
+        "ability": ability,
         "reward_model": {"style": "rule", "ground_truth": answer},
         "extra_info": {"split": split, "index": index},
     }
+
+
+def leetcode_rows(split: str, path: str | None = None) -> list[dict]:
+    """LeetCodeDataset ``split`` as verl rows, read with :func:`sspo.tasks.load_task` (hub id or local copy)."""
+    from sspo.tasks import load_task
+
+    rows = []
+    for index, problem in enumerate(load_task("leetcode", split, path=path)):
+        truth = json.dumps({"tests": problem.tests, "entry_point": problem.entry_point, "prefix": problem.prefix})
+        rows.append(row(LEETCODE_SOURCE, f"{problem.question}\n{problem.instruction}", truth, split, index, "code"))
+    return rows
+
+
+def leetcode(out: str, path: str | None = None) -> None:
+    from datasets import Dataset
+
+    for split in ("train", "test"):
+        Dataset.from_list(leetcode_rows(split, path)).to_parquet(os.path.join(out, "leetcode", f"{split}.parquet"))
 
 
 def gsm8k(out: str) -> None:
@@ -65,14 +93,18 @@ def deepmath(out: str, test_size: int, seed: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.expanduser("~/data/sspo"), help="output folder")
-    parser.add_argument("--only", choices=("gsm8k", "deepmath"), help="write one data set only")
+    parser.add_argument("--only", choices=("gsm8k", "deepmath", "leetcode"), help="write one data set only")
+    parser.add_argument("--leetcode-path", default=None,
+                        help="local LeetCodeDataset copy (a directory with leetcode-{train,test}.jsonl.gz); default: the hub")
     parser.add_argument("--deepmath-test-size", type=int, default=500, help="held-out DeepMath questions")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("gsm8k", "deepmath"):
+    writers = {"gsm8k": lambda: gsm8k(args.out), "deepmath": lambda: deepmath(args.out, args.deepmath_test_size, args.seed),
+               "leetcode": lambda: leetcode(args.out, args.leetcode_path)}  # fmt: skip
+    for name, write in writers.items():
         if args.only in (None, name):
             os.makedirs(os.path.join(args.out, name), exist_ok=True)
-            gsm8k(args.out) if name == "gsm8k" else deepmath(args.out, args.deepmath_test_size, args.seed)
+            write()
             print(f"wrote {os.path.join(args.out, name)}/{{train,test}}.parquet")
 
 

@@ -9,6 +9,7 @@ default path are checked in a fresh interpreter (``conftest.py``).
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 VERL_DIR = ROOT / "examples" / "verl"
-SETUPS = ("gsm8k", "deepmath")
+SETUPS = ("gsm8k", "deepmath", "leetcode")
 OBJECTIVES = ("sspo", "sspo_grpo", "sspo_gspo", "sspo_gspo_token", "sspo_gmpo", "sspo_sapo", "sspo_cispo")
 PAPER_HYPERPARAMETERS = {  # docs/objectives.md's hyperparameters, as the plug-in must read them from each script
     "sspo": {"tau_pos": 1.0, "tau_neg": 1.05},
@@ -128,6 +129,11 @@ def test_verl_loads_the_scripts_reward_function():
     assert score("deepmath", "so \\boxed{\\frac{1}{2}}", "0.5") == 1.0
     assert score("openai/gsm8k", "3 + 4 = 7\n#### 7", "7") == 1.0
     assert score("openai/gsm8k", "#### 8", "7") == 0.0
+    truth = json.dumps({"tests": "def check(candidate):\n    assert candidate(a=2, b=3) == 5\n",
+                        "entry_point": "Solution().add", "prefix": "from typing import *\n"})  # fmt: skip
+    right = "```python\nclass Solution:\n    def add(self, a: int, b: int) -> int:\n        return a + b\n```"
+    assert score("newfacade/LeetCodeDataset", right, truth) == 1.0
+    assert score("newfacade/LeetCodeDataset", right.replace("a + b", "a * b"), truth) == 0.0
 
 
 def test_main_ppo_imports_what_its_default_path_needs(fresh_verl):
@@ -137,13 +143,49 @@ def test_main_ppo_imports_what_its_default_path_needs(fresh_verl):
     assert fresh_verl["trainer_cls"] == "PPOTrainerSync"
 
 
-def test_reward_and_preprocessing_helpers():
+def _example_modules():
     sys.path.insert(0, str(VERL_DIR))
     try:
         import preprocess
         import reward
     finally:
         sys.path.remove(str(VERL_DIR))
+    return preprocess, reward
+
+
+LEETCODE_ROWS = [  # LeetCodeDataset's fields (GitHub layout: difficulty under meta)
+    {"task_id": "toy-add", "query": "Add two numbers.\n```python\nclass Solution:\n    def add(self, a: int, b: int) -> int:\n```",
+     "prompt": "from typing import *\n", "entry_point": "Solution().add", "meta": {"difficulty": "Easy"},
+     "completion": "class Solution:\n    def add(self, a: int, b: int) -> int:\n        return a + b\n",
+     "test": "def check(candidate):\n    assert candidate(a=1, b=2) == 3\n    assert candidate(a=-1, b=1) == 0\n"},
+]  # fmt: skip
+
+
+def test_leetcode_rows_for_verl_are_scored_by_running_their_tests(tmp_path):
+    """``preprocess.py --only leetcode`` from a local copy: the prompt holds the problem, never the reference;
+    the parquet round-trips; ``reward.py`` passes the reference and fails a wrong program."""
+    preprocess, reward = _example_modules()
+    source = tmp_path / "code"
+    source.mkdir()
+    for split in ("train", "test"):
+        (source / f"leetcode-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LEETCODE_ROWS))
+    out = tmp_path / "data"
+    preprocess.main(["--out", str(out), "--only", "leetcode", "--leetcode-path", str(source)])
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "leetcode" / "train.parquet").to_pylist()
+    assert len(rows) == 1 and rows[0]["data_source"] == reward.CODE_SOURCES[0] and rows[0]["ability"] == "code"
+    prompt = rows[0]["prompt"][0]["content"]
+    assert "Add two numbers." in prompt and "```python" in prompt and "return a + b" not in prompt
+    truth = rows[0]["reward_model"]["ground_truth"]
+    reference = f"```python\n{LEETCODE_ROWS[0]['completion']}```"
+    assert reward.compute_score(rows[0]["data_source"], reference, truth) == 1.0
+    assert reward.compute_score(rows[0]["data_source"], reference.replace("a + b", "a - b"), truth) == 0.0
+    assert reward.compute_score(rows[0]["data_source"], "import os\nos._exit(0)", truth) == 0.0
+
+
+def test_reward_and_preprocessing_helpers():
+    preprocess, reward = _example_modules()
     assert preprocess.gsm8k_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
     assert reward.last_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
     assert reward.compute_score("deepmath", "thus \\boxed{\\frac{1}{2}}", "0.5") == 1.0

@@ -10,6 +10,9 @@ sequences and divide by the number of accumulation steps, as TRL's ``grpo`` loss
 vLLM's importance-sampling correction is folded into the advantages
 (:mod:`sspo.integrations._weights`). Supported TRL: :data:`SUPPORTED_TRL` (the override mirrors
 TRL's private ``_compute_loss`` inputs, which change between minor versions).
+
+:class:`CodeRewardFunc` is a ``GRPOTrainer`` reward function for coding data: it runs each completion's
+program against its row's tests in sspo's sandbox (:class:`sspo.rewards.CodeScorer`).
 """
 
 from __future__ import annotations
@@ -190,4 +193,53 @@ class SSPOGRPOTrainer(GRPOTrainer):
                 self._metrics[mode][key].append(value)
 
 
-__all__ = ["METRIC_PREFIX", "SUPPORTED_TRL", "SSPOGRPOConfig", "SSPOGRPOTrainer", "trl"]
+class CodeRewardFunc:
+    """A ``GRPOTrainer`` reward function (``reward_funcs=CodeRewardFunc()``): 1.0 when the completion's
+    program passes every test of its row, else 0.0 (``partial=True``: the fraction of assertions that held).
+
+    The dataset needs the columns ``tests`` (the source of ``check(candidate)``) and ``entry_point``
+    (``add``, ``Solution().twoSum``), and may have ``prefix`` (trusted text put before the program:
+    imports, helper classes), as :func:`sspo.tasks.load_task` gives them for ``humaneval``/``leetcode``.
+    The program is the completion's last fenced Python block (or all of it), run in sspo's sandbox, and
+    only ``check`` returning in the trusted judge counts (docs/code_tasks.md). A sandbox failure (the
+    scorer's fault, not the model's) scores 0.0 and is logged as ``code/sandbox_error_frac``. The
+    scorer's judges start on the first call and stop with :meth:`close` or at exit.
+    """
+
+    __name__ = "code_reward"
+    """TRL logs the reward under this name (``rewards/code_reward/mean``)."""
+
+    def __init__(self, *, timeout: float = 5.0, memory_mb: int = 1024, partial: bool = False, workers: int | None = None):
+        from sspo.rewards.code.scorer import _check_options
+
+        _check_options(timeout, memory_mb, partial)
+        self.timeout, self.memory_mb, self.partial, self.workers = timeout, memory_mb, partial, workers
+        self._scorer = None
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            from sspo.rewards import CodeScorer
+
+            self._scorer = CodeScorer(self.workers, timeout=self.timeout, memory_mb=self.memory_mb, partial=self.partial)
+        return self._scorer
+
+    def __call__(self, completions, tests, entry_point, prefix=None, log_metric=None, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        prefixes = prefix if prefix is not None else [""] * len(texts)
+        problems = [{"tests": t, "entry_point": e, "prefix": p or ""} for t, e, p in zip(tests, entry_point, prefixes, strict=True)]
+        grades = self.scorer.grade_batch(texts, problems)
+        if log_metric is not None and grades:
+            log_metric("code/sandbox_error_frac", sum(g.status == "sandbox_error" for g in grades) / len(grades))
+        return [g.score for g in grades]
+
+    def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
+
+    def __getstate__(self) -> dict:  # picklable: the judges are not, and start again on first use
+        return {**self.__dict__, "_scorer": None}
+
+
+__all__ = ["METRIC_PREFIX", "SUPPORTED_TRL", "CodeRewardFunc", "SSPOGRPOConfig", "SSPOGRPOTrainer", "trl"]
