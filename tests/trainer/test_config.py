@@ -24,6 +24,28 @@ def test_paper_presets_include_their_base():
     assert config.update.mini_batches == 4
 
 
+def test_leetcode_presets_train_every_objective_on_code():
+    for objective, params in [("grpo", {"eps_low": 0.2, "eps_high": 0.28}), ("gspo", {"eps_low": 3e-4, "eps_high": 4e-4}),
+                              ("gmpo", {"clip_low": 0.4, "clip_high": 0.4}), ("sapo", {"tau_pos": 1.0, "tau_neg": 1.05}),
+                              ("sspo", {"gate": "arctan", "tau_pos": 1.0, "tau_neg": 1.05})]:  # fmt: skip
+        config = load_config(f"qwen2.5-7b-leetcode-{objective}")
+        assert config.model == "Qwen/Qwen2.5-7B-Instruct" and config.task.name == "leetcode"
+        assert config.task.path == "newfacade/LeetCodeDataset" and config.task.template == "chat"
+        assert config.objective.name == objective and config.objective.params == params
+        assert config.update.mini_batches == 4 and config.rollout.reward_timeout == 5.0 and config.eval.pass_k == 8
+    local = load_config("qwen2.5-7b-leetcode-sspo", ["task.path=../shared/data/code", "task.options.difficulties=[Easy]"])
+    assert local.task.options == {"difficulties": ["Easy"]}
+
+
+def test_every_preset_loads():
+    from sspo.trainer.config import PRESET_DIR
+
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert {"demo", "demo-code", "qwen2.5-7b-leetcode-sspo"} <= set(names)
+    for name in names:
+        load_config(name)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
