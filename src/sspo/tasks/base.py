@@ -14,6 +14,7 @@ A *source* is either a local path or a Hugging Face hub id:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -153,6 +154,13 @@ def require_fields(record: Any, fields: Sequence[str], task: str, index: int) ->
 def check_split(split: str, splits: Sequence[str], task: str) -> None:
     if split not in splits:
         raise ValueError(f"{task}: unknown split {split!r}; valid splits: {', '.join(splits)}")
+
+
+def hash_split(key: str, test_fraction: float, salt: bytes) -> str:
+    """``"test"`` when the stable hash of ``key`` (salted per task) falls below ``test_fraction``, else
+    ``"train"``: a generated problem's split depends on the problem alone, never on a seed."""
+    digest = hashlib.blake2b(key.encode("ascii"), digest_size=8, person=salt).digest()
+    return "test" if int.from_bytes(digest, "big") / 2**64 < test_fraction else "train"
 
 
 def shuffle_and_limit(

@@ -16,11 +16,10 @@ never negative.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
-from sspo.tasks.base import Problem, check_split
+from sspo.tasks.base import Problem, check_split, hash_split
 
 SPLITS = ("train", "test")
 OPERATIONS = "+-*"
@@ -71,8 +70,7 @@ class SyntheticConfig:
 
 def split_of(key: str, test_fraction: float) -> str:
     """The split a canonical problem (e.g. ``"3+4-2"``) belongs to: a stable hash, no seed."""
-    digest = hashlib.blake2b(key.encode("ascii"), digest_size=8, person=b"sspo-syn").digest()
-    return "test" if int.from_bytes(digest, "big") / 2**64 < test_fraction else "train"
+    return hash_split(key, test_fraction, b"sspo-syn")
 
 
 def generate(split: str, n: int, config: SyntheticConfig | None = None) -> list[Problem]:

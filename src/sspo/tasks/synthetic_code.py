@@ -25,12 +25,11 @@ ASCII: the tiny model with its character tokenizer can learn them.
 from __future__ import annotations
 
 import functools
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sspo.tasks.base import CodeProblem, check_split
+from sspo.tasks.base import CodeProblem, check_split, hash_split
 
 SPLITS = ("train", "test")
 ENTRY_POINT = "f"
@@ -129,8 +128,7 @@ class SyntheticCodeConfig:
 
 def split_of(key: str, test_fraction: float) -> str:
     """The split a canonical problem (e.g. ``"x*3+1|4,0,7"``) belongs to: a stable hash, no seed."""
-    digest = hashlib.blake2b(key.encode("ascii"), digest_size=8, person=b"sspo-code").digest()
-    return "test" if int.from_bytes(digest, "big") / 2**64 < test_fraction else "train"
+    return hash_split(key, test_fraction, b"sspo-code")
 
 
 def generate(split: str, n: int, config: SyntheticCodeConfig | None = None) -> list[CodeProblem]:
