@@ -156,6 +156,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda u: lr_factor(u, self.total_updates, o.warmup_steps, o.schedule)
         )
+        self.optimizer.zero_grad(set_to_none=True)  # a model handed over with gradients must not leak them into update 1
         self.reference = self._frozen_copy() if config.objective.kl_coef > 0 else None
         self.behaviour = self._frozen_copy() if config.update.staleness > 0 else None
         self.history: deque[dict] = deque(maxlen=config.update.staleness + 1)

@@ -187,6 +187,7 @@ def sft_train(
                     stopped = "callback"
             if stopped != "steps":
                 break
+    optimizer.zero_grad(set_to_none=True)  # no gradient of the last step stays on the model for its next user
     model.train(was_training)
     return {"loss": log["loss"], "last_loss": float(last), "initial_loss": initial_loss, "steps": step,
             "seconds": time.perf_counter() - start, "tokens": tokens, "stopped": stopped}
