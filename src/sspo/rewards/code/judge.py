@@ -328,7 +328,7 @@ class Zygote:
             message = reply.get("message") or err.read().decode(errors="replace").strip().splitlines()[-1:]
             err.close()
             what = _NAMESPACES if mode == "ns" else "user namespaces" if mode == "userns" else "a process sandbox"
-            self.start_failures.append(f"{what} ({''.join(message) or 'start-up failed'})"[:300])
+            self.start_failures.append(f"{what} ({''.join(message) or 'start-up failed'})"[:800])
         raise SandboxBroken("no sandbox mode works: " + "; ".join(self.start_failures))
 
     def request(self, message: dict, fds: tuple[int, ...] = ()) -> dict:
@@ -382,6 +382,8 @@ class Judge:
         self.heavy.start()
         info = dict(self.light.info)
         info["vm_kb"] = max(self.light.info.get("vm_kb", 0), self.heavy.info.get("vm_kb", 0))
+        # the numpy zygote may have had to settle for less (its packages unreadable in one mode): say so
+        info["missing"] = list(dict.fromkeys([*self.light.info.get("missing", []), *self.heavy.info.get("missing", [])]))
         return info
 
     def stop(self) -> None:

@@ -10,8 +10,11 @@ mode is ``process``). The **zygote** runs trusted code only and never receives t
 start, it imports the modules programs commonly use (so a child needs no interpreter start-up;
 ``heavy`` adds numpy), builds a read-only root (the system directories, the interpreter's prefixes
 and ``/dev/{null,zero,full,random,urandom}`` bound onto a private tmpfs) and probes which isolation
-layers work. Then it answers control messages from the judge (length-prefixed JSON on a Unix
-socket):
+layers work, and that a child can import from disk (a mode where it cannot is refused: correct
+programs would fail). Without that root, a uid of their own cannot reach an interpreter below a
+directory it may not traverse (``/root``, a ``mktemp -d`` folder): such ``sys.path`` directories are
+reached through descriptors the children keep (:func:`reach_imports_through_descriptors`). Then it
+answers control messages from the judge (length-prefixed JSON on a Unix socket):
 
 * ``spawn`` (with the program's end of a fresh socket pair as ``SCM_RIGHTS``) -> ``spawned``: fork a
   child, the init of a new PID namespace;
@@ -33,12 +36,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import gc
 import os
 import re
 import resource
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -67,6 +72,14 @@ PREIMPORTED = (
 HEAVY = ("numpy",)
 """Imported only by the judge's second zygote, which runs the programs that mention them: they make
 every fork and exit slower (numpy: about 60 more memory mappings), a cost other programs need not pay."""
+DISK_PROBES = ("colorsys", "wave", "netrc", "tabnanny")
+"""Standard-library modules no zygote preloads: the start-up probe imports the first one not loaded
+from disk, as a program would import anything not preloaded."""
+HEAVY_PROBES = {"numpy": "numpy.random"}
+"""A submodule of each ``HEAVY`` package that its import leaves to be loaded on first use."""
+FD_BASE = 10
+"""Descriptors through which a child reaches the interpreter's directories get numbers from here
+on, clear of 0-3 (the standard streams and the channel)."""
 HARD_GRACE_S = 5.0
 """A child still alive this long after its own timeout is killed by the zygote on its own."""
 ROOT_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
@@ -185,6 +198,95 @@ def _outermost(paths) -> list[str]:
     return kept
 
 
+def _others_can_list(path: str) -> bool:
+    """Whether a user who is neither the owner nor in the group can reach and list ``path``.
+
+    The sandbox uid and gid are used by no file, so only the "other" permission bits apply to them.
+    """
+    for full in {os.path.abspath(path), os.path.realpath(path)}:
+        parts = full.split(os.sep)
+        for i in range(1, len(parts) + 1):
+            try:
+                mode = os.stat(os.sep.join(parts[:i]) or os.sep).st_mode
+            except OSError:
+                return False
+            need = stat.S_IXOTH | (stat.S_IROTH if i == len(parts) else 0)
+            if mode & need != need:
+                return False
+    return True
+
+
+def reach_imports_through_descriptors() -> tuple[dict[str, str], list[int]]:
+    """Let an unprivileged uid import from interpreter directories it cannot reach by path.
+
+    Without a private root, a virtual environment or interpreter below a directory that other users
+    cannot traverse (``/root``, a private home, a ``mktemp -d`` folder) is unreadable for the
+    sandbox uid, and only the preloaded modules would import. Each such ``sys.path`` directory is
+    opened (``O_PATH``, kept open in every child) and replaced, in ``sys.path`` and in the paths of
+    every loaded module (``__file__``, ``__path__``, spec, loader), by ``/proc/self/fd/N``: a path
+    through the descriptor, where only the directory itself and what lies below it are checked.
+    Returns ``{original: replacement}`` and the descriptors.
+    """
+    roots = interpreter_paths()
+    mapping: dict[str, str] = {}
+    fds: list[int] = []
+    for entry in sys.path:
+        if not entry or entry in mapping or not os.path.isdir(entry) or _others_can_list(entry):
+            continue
+        real = os.path.realpath(entry)
+        if not any(real == r or real.startswith(r + os.sep) for r in roots):
+            continue  # not the interpreter's (an editable source tree): as absent as in the private root
+        fd = os.open(entry, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FD_BASE)
+        finally:
+            os.close(fd)
+        fds.append(high)
+        mapping[entry] = f"/proc/self/fd/{high}"
+    if mapping:
+        _rewrite_module_paths(mapping)
+    return mapping, fds
+
+
+def _moved(path, mapping: dict[str, str]):
+    if not isinstance(path, str):
+        return path
+    for old in sorted(mapping, key=len, reverse=True):
+        if path == old or path.startswith(old + os.sep):
+            return mapping[old] + path[len(old) :]
+    return path
+
+
+def _rewrite_module_paths(mapping: dict[str, str]) -> None:
+    """Point ``sys.path`` and every loaded module's paths through ``mapping``: later imports of
+    submodules (``numpy.random``, an ``encodings`` codec) and data files next to a module follow."""
+    import importlib
+
+    sys.path[:] = [_moved(p, mapping) for p in sys.path]
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name in ("__file__", "__cached__"):
+            if isinstance(namespace.get(name), str):
+                namespace[name] = _moved(namespace[name], mapping)
+        search = namespace.get("__path__")
+        if isinstance(search, list):
+            search[:] = [_moved(p, mapping) for p in search]
+        spec = namespace.get("__spec__")
+        if spec is not None:
+            if isinstance(getattr(spec, "origin", None), str) and getattr(spec, "has_location", False):
+                spec.origin = _moved(spec.origin, mapping)
+            locations = getattr(spec, "submodule_search_locations", None)
+            if isinstance(locations, list) and locations is not search:
+                locations[:] = [_moved(p, mapping) for p in locations]
+        loader = namespace.get("__loader__")
+        if isinstance(getattr(loader, "path", None), str):
+            loader.path = _moved(loader.path, mapping)
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+
+
 def _mount_points() -> list[tuple[str, int]]:
     """(mount point, per-mount flags) of every mount in this namespace, from ``mountinfo``."""
     points = []
@@ -258,6 +360,7 @@ class Layers:
         self.mount_namespace = self.pid_namespace
         self.root = ""  # the read-only root, when built
         self.under_tmp: list[tuple[str, str]] = []  # interpreter directories a child's /tmp covers
+        self.import_fds: list[int] = []  # descriptors children import through (no private root)
         self.drop_uid = mode == "ns" or (mode == "process" and os.geteuid() == 0)
         self.drop_caps = mode == "userns"
 
@@ -326,7 +429,7 @@ def _setup_child(spec: dict, layers: Layers, workdir: str, nproc_base: int) -> N
         os.chroot(layers.root)
         workdir = "/tmp"
     else:
-        _close_all_but_channel()
+        _close_all_but_channel(layers.import_fds)
     os.chdir(workdir)
     null_in, null_out = os.open("/dev/null", os.O_RDONLY), os.open("/dev/null", os.O_WRONLY)
     for fd, null in ((0, null_in), (1, null_out), (2, null_out)):
@@ -347,17 +450,21 @@ def _setup_child(spec: dict, layers: Layers, workdir: str, nproc_base: int) -> N
     _prctl(PR_SET_DUMPABLE, 0)
 
 
-def _close_all_but_channel() -> None:
-    """Close every descriptor but 0-2 and the channel (fd 3): no zygote or judge pipe stays open."""
+def _close_all_but_channel(keep: list[int] | tuple[int, ...] = ()) -> None:
+    """Close every descriptor but 0-2, the channel (fd 3) and ``keep`` (the read-only directory
+    descriptors of :func:`reach_imports_through_descriptors`): no zygote or judge pipe stays open."""
+    kept = sorted({3, *keep})
     close_range = getattr(_libc, "close_range", None)  # glibc >= 2.34, Linux >= 5.9
-    if close_range is not None and close_range(4, ctypes.c_uint(0xFFFFFFFF), 0) == 0:
-        return
+    if close_range is not None:
+        bounds = [(low + 1, high - 1) for low, high in zip(kept, kept[1:] + [0x1_0000_0000])]
+        if all(close_range(ctypes.c_uint(a), ctypes.c_uint(b), 0) == 0 for a, b in bounds if a <= b):
+            return
     try:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:
         fds = list(range(4, 1 << 16))
     for fd in fds:
-        if fd > 3:
+        if fd > 3 and fd not in kept:
             try:
                 os.close(fd)
             except OSError:
@@ -461,9 +568,19 @@ class Zygote:
         self.finished: dict[int, str] = {}  # pid -> how it ended, until the judge asks
         self.dying: set[int] = set()  # killed, not reaped yet
         self.own_pid_ns = -1
+        self.import_fds_ready = False
+        self.import_mapping: dict[str, str] = {}  # sys.path directories children reach through descriptors
+        self.import_error: tuple[str, str] | None = None  # (what failed, the directory to make readable)
+        self.plan: tuple[list[str], list[tuple[str, str]]] = ([], [])  # what the probe imports from
 
     def prepare(self) -> None:
-        """Build the read-only root and probe each layer; what fails is reported, not fatal."""
+        """Build the read-only root and probe each layer; a missing layer is reported, not fatal.
+
+        Fatal (``OSError``) are a child that cannot be set up at all, and one that cannot import
+        from disk: a correct program must never fail because the sandbox cannot read the
+        interpreter, so such a mode is refused, with what to do, rather than used.
+        """
+        self._import_plan()
         if self.layers.pid_namespace:
             try:
                 self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -489,6 +606,13 @@ class Zygote:
             error = self._probe()
         if error:
             raise OSError(f"a sandboxed child cannot be set up: {error}")
+        if self.import_error:
+            who = f"uid {self.layers.uid}" if self.layers.drop_uid else f"the caller's uid {os.getuid()}"
+            detail, where = self.import_error
+            raise OSError(
+                f"programs cannot import from disk as the sandbox user ({who}): {detail}; "
+                f"make it readable by every user (chmod -R o+rX {where})"
+            )
         if self.layers.drop_caps:
             self.missing.append(
                 "a uid of their own (not root: programs keep the caller's uid, inside a user namespace, without capabilities)"
@@ -500,15 +624,20 @@ class Zygote:
         _check(_libc.setns(self.own_pid_ns, CLONE_NEWPID), "setns")
 
     def _probe(self) -> str:
-        """Set up one child and import from the standard library in it.
+        """Set up one child that imports from disk as a program would; the set-up error ('' if none).
 
-        Returns the set-up error ('' when set-up worked); an import failure is recorded as a
-        missing layer (the sandbox uid cannot read the interpreter: only preloaded modules work).
+        The child lists every ``sys.path`` directory and preloaded package, imports a standard
+        module that no zygote preloads and, in the heavy zygote, a submodule numpy loads lazily
+        (``numpy.random``). Without a private root and with a uid of their own, children first
+        reach unreachable interpreter directories through descriptors
+        (:func:`reach_imports_through_descriptors`). An import failure is kept in
+        ``import_error`` (``prepare`` refuses the mode): never a scorer whose correct programs fail.
         """
+        if not self.layers.root and self.layers.drop_uid and not self.import_fds_ready:
+            self.import_fds_ready = True
+            self.import_mapping, self.layers.import_fds = reach_imports_through_descriptors()
         ours, theirs = socket.socketpair()
-        stdlib = os.path.dirname(os.__file__)
-        source = f"import os\nos.listdir({stdlib!r})\n"
-        spec = {"source": source, "entry_point": "len", "memory_mb": 1024, "timeout": 5, "tmp_mb": 1, "max_processes": 4}
+        spec = {"source": self._probe_source(), "entry_point": "len", "memory_mb": 1024, "timeout": 10, "tmp_mb": 1, "max_processes": 4}
         pid = self._fork(theirs.fileno(), spec)
         theirs.close()
         ours.settimeout(20)
@@ -524,11 +653,56 @@ class Zygote:
         self.finished.pop(pid, None)
         if messages[0] != ["setup"]:
             return str(messages[0][-1])
+        self.import_error = None
         if messages[-1] != ["ready"]:
-            self.missing.append(
-                f"imports from disk (the sandbox user cannot read {stdlib}; only the preloaded modules import)"
-            )
+            detail = str(messages[-1][-1])[:300]
+            where = re.search(r"\[\[(.*?)\]\]", detail)
+            self.import_error = (detail.replace("[[", "").replace("]]", ""), where.group(1) if where else sys.prefix)
         return ""
+
+    def _import_plan(self) -> None:
+        """What the probe imports from, decided before the private root covers ``/tmp`` here:
+        every ``sys.path`` directory and preloaded package of the interpreter (what the private root
+        holds: no editable source trees), a standard module no zygote preloads, and, in the heavy
+        zygote, the lazily loaded submodule of each ``HEAVY`` package (:data:`HEAVY_PROBES`)."""
+        import importlib.util
+
+        roots = interpreter_paths()
+
+        def the_interpreters(path) -> bool:
+            real = os.path.realpath(path) if isinstance(path, str) and path else ""
+            return bool(real) and os.path.isdir(real) and any(real == r or real.startswith(r + os.sep) for r in roots)
+
+        dirs = [p for p in sys.path if the_interpreters(p)]
+        for name in PREIMPORTED + list(HEAVY):
+            search = getattr(sys.modules.get(name), "__path__", None)
+            if isinstance(search, list):
+                dirs += [p for p in search if the_interpreters(p) and p not in dirs]
+        fresh = next((n for n in DISK_PROBES if n not in sys.modules), None)
+        imports = []
+        for name in [fresh] + [HEAVY_PROBES.get(n) for n in HEAVY if n in sys.modules]:
+            if name and name not in sys.modules:
+                found = importlib.util.find_spec(name)
+                if found is not None and found.origin:
+                    imports.append((name, os.path.dirname(found.origin)))
+        self.plan = (dirs, imports)
+
+    def _probe_source(self) -> str:
+        """The probe program: each failure raises naming the directory (as ``[[dir]]``) to fix."""
+        dirs, imports = self.plan
+        return (
+            "import importlib, os\n"
+            f"for path, shown in {[(_moved(d, self.import_mapping), d) for d in dirs]!r}:\n"
+            "    try:\n"
+            "        os.listdir(path)\n"
+            "    except OSError as exc:\n"
+            "        raise OSError(f'cannot list [[{shown}]] ({exc.strerror})') from None\n"
+            f"for name, shown in {imports!r}:\n"
+            "    try:\n"
+            "        importlib.import_module(name)\n"
+            "    except Exception as exc:\n"
+            "        raise ImportError(f'cannot import {name} from [[{shown}]] ({type(exc).__name__}: {exc})') from None\n"
+        )
 
     def _fork(self, chan_fd: int, spec: dict) -> int:
         workdir = ""

@@ -175,7 +175,7 @@ class _Judge:
         if not isinstance(reply, dict) or not reply.get("ready"):
             self.kill()
             why = reply.get("message") if isinstance(reply, dict) else "it did not start"
-            raise RuntimeError(f"code sandbox could not start: {why}")
+            raise RuntimeError(f"code sandbox could not start (isolation={self.isolation!r}): {why}")
         self.info = reply
         return reply
 
@@ -424,7 +424,7 @@ class CodeScorer:
             try:
                 info = self._start(judge)
             except (OSError, RuntimeError) as exc:
-                return CodeGrade(0.0, "sandbox_error", str(exc)[:500])
+                return CodeGrade(0.0, "sandbox_error", str(exc)[:1000])
             floor = math.ceil(info.get("vm_kb", 0) / 1024) + MIN_MEMORY_MARGIN_MB
             if request["memory_mb"] < floor:
                 raise ValueError(
