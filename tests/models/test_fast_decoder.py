@@ -129,3 +129,19 @@ def test_bfloat16_model_runs_close_to_hf():
         step = decoder.step(torch.tensor([1, 2, 3, 4]))
     assert fast.dtype == torch.bfloat16 and bool(torch.isfinite(step).all())
     assert (fast.float() - reference[:, -1].float()).abs().max() < 0.1
+
+
+def test_one_shared_prompt_for_every_row_decodes_like_hf():
+    """All rows sampling one prompt (``prompts_per_step=1``: a group of one problem) once crashed the
+    shared-prompt decode step (a view of a non-contiguous tensor); greedy tokens must equal the HF path's."""
+    from sspo.models.tiny import build_char_tokenizer, build_tiny_model
+    from sspo.trainer.sampling import sample
+
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(tok).eval()
+    prompts = [tok("12+3=")["input_ids"]] * 4
+    kwargs = dict(max_new_tokens=5, eos_token_id=None, pad_token_id=tok.pad_token_id, greedy=True)
+    fast = sample(model, prompts, backend="fast", **kwargs)
+    slow = sample(model, prompts, backend="hf", **kwargs)
+    assert torch.equal(fast.response_ids, slow.response_ids) and fast.response_ids.shape == (4, 5)

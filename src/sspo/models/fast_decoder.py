@@ -311,7 +311,7 @@ class FastDecoder:
                 out = self._prompt_values(probs[..., :first], index) + torch.matmul(probs[..., first:], values)
             else:
                 out = torch.matmul(probs, values)
-            x = x + F.linear(out.view(n, 1, -1), layer.o_w, layer.o_b)
+            x = x + F.linear(out.reshape(n, 1, -1), layer.o_w, layer.o_b)
             x = x + layer.mlp(rms_norm(x, layer.norm2, layer.eps))
         self.length = slot + 1
         self.positions += 1
