@@ -158,3 +158,38 @@ def test_eval_of_a_run_directory_takes_its_task(tmp_path, capsys, monkeypatch):
     assert seen[-1][:2] == ("synthetic_code", "test") and seen[-1][2]["families"] == "str"
     assert main(["eval", "--model", str(tmp_path), "--task", "synthetic", "--num-problems", "2", "--max-new-tokens", "4"]) == 0
     assert seen[-1][:2] == ("synthetic", "test") and "families" not in seen[-1][2]  # another task: the run's options go
+
+
+def test_a_non_finite_learning_rate_fails_cleanly(tmp_path, capsys):
+    fails_with(capsys, ["train", "--config", "tiny", "optim.lr=.inf", f"out_dir={tmp_path}"],
+               "sspo train: error: optim.lr: must be a finite number, got inf")  # fmt: skip
+    fails_with(capsys, ["eval", "--model", "tiny", "--temperature", "inf"],
+               "sspo eval: error: --temperature: inf is out of range; must be a finite number > 0")  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["/sys/x", "/dev/null/x", "/proc/x", "FILE", "FILE/below"])
+def test_an_out_dir_that_cannot_hold_a_run_fails_cleanly_before_loading_anything(tmp_path, capsys, monkeypatch, path):
+    from pathlib import Path
+
+    import sspo.trainer.loop as loop
+
+    if path.startswith("FILE"):
+        (tmp_path / "file").write_text("not a directory")
+        path = path.replace("FILE", str(tmp_path / "file"))
+    elif not Path(path).parent.exists():
+        pytest.skip(f"no {Path(path).parent} on this machine")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("loaded data before checking out_dir")
+
+    monkeypatch.setattr(loop, "load_problems", boom)
+    line = fails_with(capsys, ["train", "--config", "tiny", f"out_dir={path}"],
+                      f"sspo train: error: out_dir: '{path}' cannot hold the run (")  # fmt: skip
+    assert "; choose a directory you can write to" in line and "[Errno" not in line
+
+
+def test_task_options_name_the_option_as_written(tmp_path, capsys):
+    fails_with(capsys, ["train", "--config", "tiny", "task.options.max_steps=abc", f"out_dir={tmp_path}"],
+               "sspo train: error: task.options.max_steps: must be an int >= min_steps (2), got 'abc'")  # fmt: skip
+    fails_with(capsys, ["eval", "--model", "tiny", "--option", "max_steps=0"],
+               "sspo eval: error: --option max_steps: must be an int >= min_steps (2), got 0")  # fmt: skip

@@ -2,11 +2,12 @@
 
     sspo demo [--task math|code] [--out DIR] [--control]   tiny model, warm start, SSPO, before/after table
     sspo train --config FILE [section.field=value ...]
-    sspo resume RUN_DIR
+    sspo resume RUN_DIR [--allow-changes] [section.field=value ...]
     sspo eval --model PATH_OR_RUN_DIR [--task ...] [--pass-k K]
 
 Expected failures (a bad value, a model or data set that cannot be had, no GPU for a GPU preset, a
 failing verifier) print one line ``sspo <command>: error: <field>: <what to do>`` and exit with status 2.
+Ctrl-C prints one line (the step, and how to continue) and exits with status 130.
     sspo compare --objectives sspo,grpo --seeds 3 --preset tiny
     sspo stress [--quick]
     sspo study bias-variance [--out DIR ...]
@@ -41,9 +42,17 @@ def _add_train(sub) -> None:
 
 
 def _add_resume(sub) -> None:
-    p = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    p = sub.add_parser("resume", help="continue a run from its last intact checkpoint",
+                       description="Continue a run exactly from its newest checkpoint that reads back whole "
+                                   "(newer, truncated ones are skipped and set aside). Overrides may change how "
+                                   "long it trains, checkpointing, evaluation sizes and resources; changing what "
+                                   "it was trained with (objective, task, model, seed, optimizer, rollout or "
+                                   "update shapes) needs --allow-changes. A complete run is left as it is.")  # fmt: skip
     p.add_argument("run_dir", help="run directory holding config.yaml and checkpoints/")
     p.add_argument("overrides", nargs="*", help="overrides (e.g. steps=200 to extend a run)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="allow overrides that change what the run was trained with (e.g. optim.lr=1e-4 after a "
+                        "divergence, objective.name=grpo); the resumed run is then no longer a continuation")  # fmt: skip
 
 
 def _add_eval(sub) -> None:
@@ -119,7 +128,7 @@ def _cmd_train(args) -> int:
 def _cmd_resume(args) -> int:
     from .trainer import resume
 
-    summary = resume(args.run_dir, overrides=args.overrides)
+    summary = resume(args.run_dir, overrides=args.overrides, allow_changes=args.allow_changes)
     print(json.dumps({k: summary[k] for k in ("objective", "steps", "accuracy_before", "accuracy_after")}, indent=1))
     return 0
 
@@ -143,6 +152,8 @@ def _run_task(args) -> dict:
 def _eval_options(args) -> dict:
     """Fill the flags a run directory provides, then ``--option KEY=VALUE`` pairs (YAML-typed values),
     checked against the task."""
+    import math
+
     import yaml
 
     from .tasks import TASKS, check_task_options, task_splits
@@ -172,13 +183,15 @@ def _eval_options(args) -> dict:
 
     if args.template not in TEMPLATES:
         raise CommandError(f"--template: {args.template!r} is not one of {', '.join(TEMPLATES)}")
-    for name, value, ok in (("--num-problems", args.num_problems, args.num_problems >= 1),
-                            ("--pass-k", args.pass_k, args.pass_k >= 0),
-                            ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1),
-                            ("--temperature", args.temperature, args.temperature > 0),
-                            ("--reward-timeout", args.reward_timeout, args.reward_timeout is None or args.reward_timeout > 0)):  # fmt: skip
+    for name, value, ok, allowed in (
+            ("--num-problems", args.num_problems, args.num_problems >= 1, "an int >= 1"),
+            ("--pass-k", args.pass_k, args.pass_k >= 0, "an int >= 0"),
+            ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an int >= 1"),
+            ("--temperature", args.temperature, 0 < args.temperature < math.inf, "a finite number > 0"),
+            ("--reward-timeout", args.reward_timeout, args.reward_timeout is None or 0 < args.reward_timeout < math.inf,
+             "a finite number of seconds > 0")):  # fmt: skip
         if not ok:
-            raise CommandError(f"{name}: {value} is out of range")
+            raise CommandError(f"{name}: {value} is out of range; must be {allowed}")
     return options
 
 
@@ -242,7 +255,29 @@ def _cmd_study(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # overrides after a flag: `sspo resume RUN --allow-changes optim.lr=1e-4`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return _main(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line and status 130 (128 + SIGINT), never a traceback
+        print(f"sspo {args.command}: {_interrupted(args, exc)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted(args, exc: KeyboardInterrupt) -> str:
+    """What an interrupted command says: the trainer's message (the step, how to continue), else where it was."""
+    if str(exc):  # a TrainingInterrupted
+        return str(exc)
+    if args.command == "resume":
+        return f"interrupted before training started; continue with: sspo resume {args.run_dir}"
+    return "interrupted before training started" if args.command in ("train", "demo") else "interrupted"
+
+
+def _main(args) -> int:
     _quiet_libraries()
     handlers = {"demo": _cmd_demo, "train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
                 "compare": _cmd_compare, "stress": _cmd_stress, "study": _cmd_study}  # fmt: skip

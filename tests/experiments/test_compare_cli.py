@@ -60,6 +60,17 @@ def test_plan_covers_the_matrix_seed_major(tmp_path):
     assert set(SETTINGS["offpolicy"]) == {"update.mini_batches", "update.epochs", "update.staleness"}
 
 
+def test_a_dry_run_prints_the_runs_bound_and_an_estimated_time(tmp_path, capsys):
+    cache = f"warm_start.cache_dir={tmp_path / 'cache'}"
+    assert main(["compare", "--dry-run", "--out", str(tmp_path / "a"), "--workers", "2", cache]) == 0
+    out = capsys.readouterr().out
+    assert "each run: 180 s of training or 1000 steps, whichever comes first" in out and "None" not in out
+    assert "estimated time of what is left: about " in out and "an estimate" in out
+    assert main(["compare", "--dry-run", "--preset", "stress", "--out", str(tmp_path / "b"), cache]) == 0
+    out = capsys.readouterr().out
+    assert "each run: 60 steps (no time budget)" in out and "None" not in out
+
+
 def test_unknown_names_are_refused(tmp_path, capsys):
     assert main(["compare", "--objectives", "sspo,nope", "--out", str(tmp_path), "--dry-run"]) == 2
     assert "unknown objective 'nope'" in capsys.readouterr().err

@@ -61,6 +61,34 @@ def test_the_quick_ladder_is_small(tmp_path):
     assert len(plan.runs) == 2 * 3 * 3 and {j.config["steps"] for j in plan.runs} == {30}
 
 
+def test_a_dry_run_prints_the_runs_bound_and_an_estimated_time(tmp_path, capsys):
+    cache = f"warm_start.cache_dir={tmp_path / 'cache'}"
+    assert main(["stress", "--quick", "--dry-run", "--out", str(tmp_path / "out"), "--workers", "2", cache]) == 0
+    out = capsys.readouterr().out
+    assert "each run: 30 steps (no time budget)" in out and "None" not in out
+    (line,) = [x for x in out.splitlines() if x.startswith("estimated time of what is left: ")]
+    assert line.startswith("estimated time of what is left: about ") and "an estimate" in line
+    minutes = float(line.split("about ")[1].split(" min")[0])
+    assert 4 <= minutes <= 9  # measured: 6.5 minutes in a fresh clone (docs/results.md)
+
+
+def test_the_cost_model_reproduces_the_measured_runs(tmp_path):
+    from sspo.experiments.runner import estimate_plan_seconds, estimate_run, run_bound, run_config
+
+    demo = run_config("demo", "sspo", out_dir=tmp_path / "demo", overrides=["time_budget_s=null", "steps=100",
+                                                                             "eval.every=0"])  # fmt: skip
+    step_s = (estimate_run(demo)["train_s"]) / 100
+    assert step_s == pytest.approx(0.62, rel=0.05)  # the demo's 390 steps in 240 s
+    budget = run_config("tiny", "sspo", out_dir=tmp_path / "tiny")
+    assert estimate_run(budget)["train_s"] == 180  # the time budget ends the run before its 1000 steps
+    assert run_bound(budget) == "180 s of training or 1000 steps, whichever comes first (evaluation time not counted)"
+    assert run_bound(demo) == "100 steps (no time budget)"
+    full = build_plan(tmp_path / "full", FULL, workers=2, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])
+    assert estimate_plan_seconds(full) / 3600 == pytest.approx(2 + 13 / 60, rel=0.15)  # measured: 2 h 13 min
+    other = run_config("tiny", "sspo", out_dir=tmp_path / "x", overrides=["model=Qwen/Qwen2.5-0.5B-Instruct"])
+    assert estimate_run(other) is None  # outside the cost model: no number is made up
+
+
 def test_the_baseline_is_required(tmp_path):
     import dataclasses
 

@@ -21,7 +21,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Job", "Plan", "WarmStarts", "auto_workers", "execute_plan", "objective_preset", "run_config"]
+__all__ = ["COST_MODEL", "Job", "Plan", "WarmStarts", "auto_workers", "estimate_plan_seconds", "estimate_run",
+           "execute_plan", "objective_preset", "run_bound", "run_config"]
 
 WARM_START_MODES = ("shared", "per-seed")
 SHARED_CACHE = "warm_starts"
@@ -73,18 +74,137 @@ class Plan:
     """One line per finished job, under ``out``."""
 
     def describe(self) -> str:
-        """Human-readable plan (``--dry-run``)."""
-        lines = [f"out: {self.out}", f"workers: {self.workers}", f"time budget per run: {self.budget_s} s"]
+        """Human-readable plan (``--dry-run``): what bounds each run, every job, and an estimate of
+        the time what is left takes (:func:`estimate_plan_seconds`)."""
+        lines = [f"out: {self.out}", f"workers: {self.workers}"]
+        bounds: dict[str, int] = {}
+        for job in self.runs:
+            text = run_bound(job.config)
+            bounds[text] = bounds.get(text, 0) + 1
+        if len(bounds) == 1:
+            lines.append(f"each run: {next(iter(bounds))}")
+        elif bounds:
+            lines.append("runs end after: " + "; ".join(f"{text} ({n} runs)" for text, n in bounds.items()))
         for title, jobs in (("warm starts", self.warm_starts), ("runs", self.runs), ("controls", self.controls)):
             todo = sum(not j.done() for j in jobs)
             lines.append(f"{title}: {len(jobs)} ({todo} to do)")
             lines += [f"  {'done ' if j.done() else 'to do'} {j.name}" for j in jobs]
-        todo_runs = sum(not j.done() for j in self.runs) + sum(not j.done() for j in self.controls)
-        if self.budget_s:
-            slots = math.ceil(todo_runs / max(1, self.workers))
-            lines.append(f"budget-bound time of what is left: {slots} rounds x {self.budget_s:.0f} s = "
-                         f"{slots * self.budget_s / 60:.0f} min (+ evaluations, start-up and warm starts)")  # fmt: skip
+        lines.append(self._estimate_line())
         return "\n".join(lines)
+
+    def _estimate_line(self) -> str:
+        todo = [j for j in self.warm_starts + self.runs + self.controls if not j.done()]
+        if not todo:
+            return "estimated time of what is left: nothing is left to do"
+        seconds = estimate_plan_seconds(self)
+        if seconds is not None:
+            return (f"estimated time of what is left: about {_minutes(seconds)} on {self.workers} worker(s) "
+                    "(an estimate: a cost model of the built-in tiny model on one CPU thread per worker, fitted to "
+                    "measured runs on 2 cores; a busy machine runs longer)")  # fmt: skip
+        line = ("estimated time of what is left: no estimate (the cost model covers the built-in tiny model on a CPU "
+                "only)")  # fmt: skip
+        budgets = {j.config.get("time_budget_s") for j in todo if j.kind != "warm_start"}
+        if budgets and None not in budgets:
+            rounds = math.ceil(sum(j.kind != "warm_start" for j in todo) / max(1, self.workers))
+            line += (f"; the time budgets alone take {rounds} rounds x {max(budgets):.0f} s = "
+                     f"{_minutes(rounds * max(budgets))} (+ evaluations, start-up and warm starts)")  # fmt: skip
+        return line
+
+
+def _minutes(seconds: float) -> str:
+    minutes = seconds / 60
+    if minutes >= 120:
+        hours, rest = divmod(round(minutes), 60)
+        return f"{hours} h {rest} min"
+    return f"{minutes:.0f} min" if minutes >= 10 else f"{minutes:.1f} min"
+
+
+def run_bound(config: dict) -> str:
+    """What ends a run of this config, in words: its steps, or its time budget or steps."""
+    steps, budget = config["steps"], config.get("time_budget_s")
+    if budget is None:
+        return f"{steps} steps (no time budget)"
+    return f"{budget:g} s of training or {steps} steps, whichever comes first (evaluation time not counted)"
+
+
+# ----------------------------------------------------------------------------- estimates
+COST_MODEL = {
+    "start_s": 8.0,
+    "rollout_s_per_token": 6e-5,
+    "update_s_per_sample": 2.4e-3,
+    "eval_s_per_token": 1.1e-4,
+    "warm_start_s_per_example": 0.012,
+}
+"""Seconds of the built-in tiny model on one CPU thread per worker, two workers on 2 cores: a worker's
+start-up (interpreter, torch, model, data, plots); per sampled response token (``max_new_tokens`` each);
+per response and update epoch (forward and backward); per held-out problem and evaluation token
+(greedy); per supervised warm-start example. Fitted to measured runs: ``sspo demo``'s RL steps (16 x 8
+responses of up to 40 tokens, 2 updates: 0.62 s a step), the full stress ladder (432 runs of 60 steps of
+8 x 8 responses, 7 evaluations of 200 problems: 2 h 13 min on 2 workers, the model says 2 h 18 min) and
+the demo's warm start (350 steps of 32 examples: 126-141 s)."""
+
+
+def _on_cpu(config: dict) -> bool:
+    if config.get("device") == "cpu":
+        return True
+    if config.get("device") == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return False
+
+
+def estimate_run(config: dict) -> dict | None:
+    """``{"train_s", "total_s"}`` one training run of ``config`` (a plain config mapping) is expected to
+    take by :data:`COST_MODEL`: steps or the time budget, whichever ends it first, plus evaluations and
+    start-up; ``None`` for a model other than the built-in tiny one or off the CPU."""
+    if config.get("model") != "tiny" or not _on_cpu(config):
+        return None
+    m, r, u, e = COST_MODEL, config["rollout"], config["update"], config["eval"]
+    samples = r["prompts_per_step"] * r["samples_per_prompt"]
+    step_s = samples * (r["max_new_tokens"] * m["rollout_s_per_token"] + u["epochs"] * m["update_s_per_sample"])
+    train_s = config["steps"] * step_s
+    if config.get("time_budget_s") is not None:
+        train_s = min(train_s, config["time_budget_s"])
+    steps = math.ceil(train_s / step_s)
+    evals = 2 + ((steps - 1) // e["every"] if e["every"] else 0)  # before, every `every` steps, after
+    eval_s = e["num_problems"] * (e.get("max_new_tokens") or r["max_new_tokens"]) * m["eval_s_per_token"]
+    eval_s *= 1 + e.get("pass_k", 0)
+    return {"train_s": train_s, "total_s": m["start_s"] + train_s + evals * eval_s}
+
+
+def estimate_plan_seconds(plan: Plan) -> float | None:
+    """Expected wall time of the jobs not yet done, by :data:`COST_MODEL`: the warm starts first, then
+    runs and controls spread over ``plan.workers`` (longest first, each to the least busy worker). A
+    control trains for its seed's runs' mean training time. ``None`` when some job is outside the model."""
+    m = COST_MODEL
+    warm = []
+    for job in plan.warm_starts:
+        if job.done():
+            continue
+        if estimate_run(job.config) is None:
+            return None
+        w = job.config["warm_start"]
+        warm.append(m["start_s"] + w["steps"] * w["batch_size"] * m["warm_start_s_per_example"])
+    runs = {id(job): estimate_run(job.config) for job in plan.runs}
+    if any(v is None for v in runs.values()):
+        return None
+    durations = [runs[id(job)]["total_s"] for job in plan.runs if not job.done()]
+    for job in plan.controls:
+        if job.done():
+            continue
+        mine = [runs[id(j)] for j in plan.runs if j.seed == job.seed] or list(runs.values())
+        own = estimate_run(job.config)
+        if not mine or own is None:
+            return None
+        train_s = sum(v["train_s"] for v in mine) / len(mine)
+        durations.append(own["total_s"] - own["train_s"] + train_s)
+    workers = max(1, plan.workers)
+    loads = [0.0] * workers
+    for seconds in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += seconds
+    warm_s = sum(warm) if len(warm) <= 1 or workers == 1 else max(sum(warm) / workers, max(warm))
+    return warm_s + max(loads)
 
 
 # ----------------------------------------------------------------------------- planning

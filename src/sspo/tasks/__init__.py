@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,28 @@ def check_task_options(name: str, options: Mapping[str, Any]) -> None:
         raise ValueError(f"shuffle: must be true or false, got {options['shuffle']!r}")
     if name == "leetcode" and "difficulties" in options:
         leetcode.check_difficulties(options["difficulties"])
+    if name == "deepmath":
+        _check_deepmath_options(options)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_deepmath_options(options: Mapping[str, Any]) -> None:
+    for key in ("min_difficulty", "max_difficulty"):
+        if options.get(key) is not None and not _is_number(options[key]):
+            raise ValueError(f"{key}: must be a number (DeepMath difficulties run 1-10) or none, got {options[key]!r}")
+    low, high = options.get("min_difficulty"), options.get("max_difficulty")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"max_difficulty: must be >= min_difficulty ({low}), got {high!r}")
+    if "test_fraction" in options and not (_is_number(options["test_fraction"]) and 0 < options["test_fraction"] < 1):
+        raise ValueError(f"test_fraction: must be a number in (0, 1), got {options['test_fraction']!r}")
+    topics = options.get("topics")
+    if topics is not None and not isinstance(topics, str) and not (
+        isinstance(topics, list | tuple) and all(isinstance(t, str) for t in topics)
+    ):
+        raise ValueError(f"topics: must be a string or a list of strings (parts of topic names), got {topics!r}")
 
 
 def load_task(

@@ -51,21 +51,22 @@ class SyntheticConfig:
     """Share of canonical problems that belong to ``test`` (chosen by hash, not by seed)."""
 
     def __post_init__(self) -> None:
-        if self.min_steps < 1:
-            raise ValueError(f"SyntheticConfig.min_steps must be >= 1, got {self.min_steps}")
-        if self.max_steps < self.min_steps:
-            raise ValueError(
-                f"SyntheticConfig.max_steps ({self.max_steps}) must be >= min_steps ({self.min_steps})"
-            )
-        if self.max_operand < 2:
-            raise ValueError(f"SyntheticConfig.max_operand must be >= 2, got {self.max_operand}")
-        bad = set(self.operations) - set(OPERATIONS)
-        if not self.operations or bad:
-            raise ValueError(
-                f"SyntheticConfig.operations must be a non-empty string of {OPERATIONS!r}, got {self.operations!r}"
-            )
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"SyntheticConfig.test_fraction must be in (0, 1), got {self.test_fraction}")
+        """Types and ranges; each message starts with the option's name and says what it may be."""
+        for name, low in (("min_steps", 1), ("max_operand", 2)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{name}: must be an int >= {low}, got {value!r}")
+        if not _is_int(self.max_steps) or self.max_steps < self.min_steps:
+            raise ValueError(f"max_steps: must be an int >= min_steps ({self.min_steps}), got {self.max_steps!r}")
+        if not isinstance(self.operations, str) or not self.operations or set(self.operations) - set(OPERATIONS):
+            raise ValueError(f"operations: must be a non-empty string of {OPERATIONS!r}, got {self.operations!r}")
+        fraction = self.test_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction < 1.0:
+            raise ValueError(f"test_fraction: must be a number in (0, 1), got {fraction!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def split_of(key: str, test_fraction: float) -> str:

@@ -118,8 +118,9 @@ class SyntheticCodeConfig:
         if self.num_examples + self.num_hidden > len(INT_INPUTS):
             raise ValueError(f"num_examples + num_hidden: must be <= {len(INT_INPUTS)} (the distinct integer inputs), "
                              f"got {self.num_examples + self.num_hidden}")  # fmt: skip
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction: must be in (0, 1), got {self.test_fraction}")
+        fraction = self.test_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction < 1.0:
+            raise ValueError(f"test_fraction: must be in (0, 1), got {fraction!r}")
 
     @property
     def family_names(self) -> tuple[str, ...]:

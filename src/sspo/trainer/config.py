@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -424,6 +425,7 @@ def validate(config: TrainConfig) -> None:
 
     t, r, o, p, u, e, w = (config.task, config.rollout, config.objective, config.optim, config.update,
                            config.eval, config.warm_start)  # fmt: skip
+    _check_finite_numbers(config)
     check_model_source(config.model)
     _require(t.name in TASKS, "task.name", f"unknown task {t.name!r}; valid: {', '.join(TASKS)}")
     _require(t.template in TEMPLATES, "task.template", f"{t.template!r} is not one of {', '.join(TEMPLATES)}")
@@ -484,6 +486,8 @@ def validate(config: TrainConfig) -> None:
     _require(e.num_problems >= 1, "eval.num_problems", f"must be >= 1, got {e.num_problems}")
     _require(e.pass_k >= 0, "eval.pass_k", f"must be >= 0, got {e.pass_k}")
     _require(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
+    _require(e.max_new_tokens is None or e.max_new_tokens >= 1, "eval.max_new_tokens",
+             f"must be >= 1 or none (the rollout's), got {e.max_new_tokens}")  # fmt: skip
     _require(w.steps >= 0, "warm_start.steps", f"must be >= 0, got {w.steps}")
     _require(w.batch_size >= 1, "warm_start.batch_size", f"must be >= 1, got {w.batch_size}")
     _require(w.lr > 0, "warm_start.lr", f"must be > 0, got {w.lr}")
@@ -495,6 +499,27 @@ def validate(config: TrainConfig) -> None:
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"{config.device!r} is not one of auto, cpu, cuda")
     _require(config.dtype in ("auto", "float32", "bfloat16"), "dtype", f"{config.dtype!r} is not one of auto, float32, bfloat16")
     _require(config.threads is None or config.threads >= 1, "threads", f"must be >= 1, got {config.threads}")
+    _require(-(2**63) <= config.seed < 2**63, "seed", f"must be an int in [-2**63, 2**63), got {config.seed}")
+
+
+_FINITE_HINTS = {"time_budget_s": " (none: no time limit)"}
+
+
+def _check_finite_numbers(node: Any, path: str = "") -> None:
+    """Every number anywhere in the config is finite: each field of each section, the items of a tuple
+    (``optim.betas[1]``) and the values of ``task.options`` / ``objective.params``. ``.nan``, ``.inf``
+    and ``-.inf`` (YAML) or ``nan``/``inf`` are a :class:`ConfigError` naming the field."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite_numbers(getattr(node, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite_numbers(value, f"{path}.{key}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            _check_finite_numbers(value, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{path}: must be a finite number{_FINITE_HINTS.get(path, '')}, got {node}")
 
 
 def check_model_source(name: str) -> None:
@@ -509,6 +534,51 @@ def check_model_source(name: str) -> None:
         raise ConfigError(f"model: {name!r} is not an existing directory; pass a directory holding config.json, "
                           "the weights and the tokenizer files, a hub id such as Qwen/Qwen2.5-0.5B-Instruct, "
                           "or 'tiny' for the built-in model")  # fmt: skip
+
+
+_SPLITS_BY_FILE = ("gsm8k", "humaneval", "leetcode")
+"""Data-set tasks whose splits are separate files: one file given as ``task.path`` is every split."""
+
+
+def split_overlap(config: TrainConfig) -> str | None:
+    """Why the problems trained on are (some of) those evaluated on, or ``None``: both splits the same
+    (``task.train_split=test``), deepmath's ``all`` split beside another, or one file as ``task.path``
+    of a task whose splits are files. The trainer prints it as one ``warning:`` line; not an error
+    (HumanEval, for one, has only a test split)."""
+    t = config.task
+    if t.train_split == t.eval_split:
+        what = f"task.train_split and task.eval_split are both {t.train_split!r}"
+    elif t.name == "deepmath" and "all" in (t.train_split, t.eval_split):
+        what = f"deepmath's split 'all' holds the other one (task.train_split {t.train_split!r}, task.eval_split {t.eval_split!r})"
+    elif t.name in _SPLITS_BY_FILE and t.path and Path(t.path).expanduser().is_file():
+        what = (f"task.path {t.path!r} is one file, so task.train_split {t.train_split!r} and task.eval_split "
+                f"{t.eval_split!r} are the same problems")  # fmt: skip
+    else:
+        return None
+    return (f"{what}: the run trains on the problems it is evaluated on, so eval/accuracy is not a held-out score; "
+            "use two different splits (for task.path, a directory holding train.jsonl and test.jsonl)")  # fmt: skip
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """``out_dir`` is, or can be made, a directory this process writes in: it is created if missing
+    and a temporary file is written in it and removed. :class:`ConfigError` naming ``out_dir`` with
+    the reason otherwise (a path under a file, ``/proc`` or ``/sys``, no permission, a full disk)."""
+    import tempfile
+
+    path = Path(out_dir)
+    blocker = next((q for q in (path, *path.parents) if q.exists() and not q.is_dir()), None)
+    try:
+        if blocker is not None:
+            reason = f"{str(blocker)!r} exists and is not a directory"
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path, prefix=".sspo-write-check-"):
+                reason = None
+    except OSError as exc:
+        reason = f"cannot create or write in it: {exc.strerror or exc}"
+    if reason is not None:
+        raise ConfigError(f"out_dir: {str(out_dir)!r} cannot hold the run ({reason}); choose a directory you can "
+                          "write to, e.g. out_dir=runs/my-run")  # fmt: skip
 
 
 def _check_task_options(name: str, options: dict) -> None:

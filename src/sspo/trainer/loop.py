@@ -30,12 +30,20 @@ import yaml
 from ..models.loading import ModelUnavailableError
 from ..objectives import policy_loss
 from ..tasks import DatasetUnavailableError, load_task
-from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig, to_dict, validate
+from .checkpoint import (
+    apply_checkpoint,
+    checkpoint_dirs,
+    match_file_mode,
+    newest_intact_checkpoint,
+    save_checkpoint,
+    set_broken_aside,
+)
+from .config import ConfigError, TrainConfig, check_out_dir, split_overlap, to_dict, validate
 from .evaluate import evaluate
 from .metrics_log import MetricsLogger, Progress, truncate_metrics
 from .plots import plot_run
 from .policy import response_logprobs
+from .quiet import hf_progress_bars_off
 from .rewards import task_reward
 from .rollout import logprob_mismatch, make_rollout
 from .warm_start import prepare_model
@@ -46,6 +54,16 @@ SUMMARY_FILE = "final_metrics.json"
 
 class TrainingError(RuntimeError):
     """The run stopped for a reason the user must fix (non-finite updates, a failing verifier)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; the message names the step and how to continue. Nothing is
+    written on the way out: the checkpoints on disk are whole (each is renamed into place complete), so
+    ``sspo resume`` continues exactly from the last of them."""
+
+    def __init__(self, message: str, *, run_dir: Path, step: int, checkpoint_step: int | None):
+        super().__init__(message)
+        self.run_dir, self.step, self.checkpoint_step = run_dir, step, checkpoint_step
 
 
 def seeded(seed: int, *keys: int, device="cpu") -> torch.Generator:
@@ -64,6 +82,18 @@ def lr_factor(update: int, total: int, warmup: int, schedule: str) -> float:
         return 1.0
     progress = min(1.0, (update - warmup) / max(1, total - warmup))
     return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def progress_bound(steps: int, time_budget_s: float | None, step: int, elapsed: float) -> tuple[str, float, float, str]:
+    """What the progress bar counts, as ``(unit, total, completed, label)``: ``steps``, unless a time
+    budget is set and, at the mean training seconds per step so far, the steps would not fit in it;
+    then ``seconds`` of training (the budget is what ends the run). Before the first step is timed,
+    steps. The label names the other bound (``steps; time cap 240 s``)."""
+    if time_budget_s is None:
+        return "steps", steps, step, "steps"
+    if step == 0 or elapsed / step * steps <= time_budget_s:
+        return "steps", steps, step, f"steps; time cap {time_budget_s:g} s"
+    return "seconds", time_budget_s, min(elapsed, time_budget_s), f"training seconds; at most {steps} steps"
 
 
 def _resolve_device(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
@@ -112,8 +142,12 @@ def load_problems(config: TrainConfig) -> tuple[list, list]:
 class Trainer:
     """Builds everything a run needs from a validated :class:`TrainConfig`; :meth:`run` trains."""
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False, log=print):
+    @hf_progress_bars_off()  # the library is quiet: no Hugging Face loading/saving bars (ours stays)
+    def __init__(self, config: TrainConfig, *, resume: bool = False, log=print, checkpoint: dict | None = None):
         validate(config)
+        check_out_dir(config.out_dir)  # before any data or model is loaded
+        if (overlap := split_overlap(config)) is not None:
+            log(f"warning: {overlap}")
         self.config = config
         self.log = log
         self.run_dir = Path(config.out_dir)
@@ -166,9 +200,16 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self._warned: set[str] = set()
         self.accuracy_before: float | None = None
-        if resume and existing:
-            state, snapshots = load_checkpoint(existing[-1], model=self.model, optimizer=self.optimizer,
-                                               scheduler=self.scheduler)  # fmt: skip
+        if resume and existing and checkpoint is None:
+            checkpoint = intact_checkpoint(self.run_dir, log)
+        if resume and checkpoint is not None:
+            try:
+                state, snapshots = apply_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer,
+                                                    scheduler=self.scheduler)  # fmt: skip
+            except (RuntimeError, ValueError, KeyError) as exc:  # a model or optimizer of another shape
+                raise ConfigError(f"run_dir: checkpoint {checkpoint['path']} does not fit this configuration "
+                                  f"({' '.join(str(exc).split())[:300]})") from exc  # fmt: skip
+            self._apply_optim_changes(state["step"])
             self.step, self.updates, self.elapsed = state["step"], state["updates"], state["elapsed"]
             self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
             self.accuracy_before = state.get("accuracy_before")
@@ -180,6 +221,20 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, purge_step=self.step + 1 if self.step else None)
 
     # ------------------------------------------------------------------ helpers
+    def _apply_optim_changes(self, step: int) -> None:
+        """After loading a checkpoint: an ``optim.lr``, ``betas`` or ``weight_decay`` that differs from
+        the checkpoint's (``sspo resume --allow-changes``) takes effect, instead of being overwritten
+        by the optimizer and scheduler state the checkpoint restored."""
+        o = self.config.optim
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            if base != o.lr:
+                self.log(f"optim.lr: {base:g} -> {o.lr:g} from step {step + 1}")
+                group["lr"] *= o.lr / base
+                group["initial_lr"] = o.lr
+            group["betas"], group["weight_decay"] = tuple(o.betas), o.weight_decay
+        self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def _frozen_copy(self):
         clone = copy.deepcopy(self.model).eval()
         for p in clone.parameters():
@@ -380,7 +435,14 @@ class Trainer:
         bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             raise TrainingError(f"{what}: refused, {len(bad)} weight tensor(s) hold non-finite values "
-                                f"(first: {bad[0]}); the last checkpoint is intact, resume from it with a lower optim.lr")  # fmt: skip
+                                f"(first: {bad[0]}); {self._lower_lr_hint()}")  # fmt: skip
+
+    def _lower_lr_hint(self) -> str:
+        if checkpoint_dirs(self.run_dir):
+            return (f"the last checkpoint is intact: resume from it with a lower rate, `sspo resume {self.run_dir} "
+                    f"--allow-changes optim.lr=...`")  # fmt: skip
+        return (f"no checkpoint was written yet: start again with a lower rate, `sspo train --config "
+                f"{self.run_dir / CONFIG_FILE} optim.lr=... out_dir=NEW_DIR`")  # fmt: skip
 
     def _checkpoint(self) -> None:
         self._require_finite_weights(f"checkpoint of step {self.step}")
@@ -391,8 +453,32 @@ class Trainer:
                            "metric_rows": self.logger.rows, "nonfinite_in_a_row": self.nonfinite_in_a_row},
         )  # fmt: skip
 
+    @hf_progress_bars_off()
     def run(self) -> dict:
-        """Train to ``steps`` (or the time budget) and return the final metrics."""
+        """Train to ``steps`` (or the time budget) and return the final metrics. Ctrl-C raises
+        :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying how to continue."""
+        try:
+            return self._run()
+        except KeyboardInterrupt as exc:
+            raise self._interrupted() from exc
+
+    def _interrupted(self) -> TrainingInterrupted:
+        try:
+            self.scorer.close()
+        except BaseException:  # noqa: BLE001 - a second Ctrl-C, or a worker already gone: leaving anyway
+            pass
+        ckpts = checkpoint_dirs(self.run_dir)
+        last = int(ckpts[-1].name.removeprefix("step_")) if ckpts else None
+        where = f"interrupted at step {self.step}"
+        if last is None:
+            message = (f"{where}, before the first checkpoint (checkpoint_every={self.config.checkpoint_every}), "
+                       f"so there is nothing to resume; start again with: sspo train --config "
+                       f"{self.run_dir / CONFIG_FILE} out_dir=NEW_DIR")  # fmt: skip
+        else:
+            message = f"{where} (last checkpoint: step {last}); continue with: sspo resume {self.run_dir}"
+        return TrainingInterrupted(message, run_dir=self.run_dir, step=self.step, checkpoint_step=last)
+
+    def _run(self) -> dict:
         c = self.config
         wall0 = time.perf_counter()
         if self.step == 0:
@@ -400,11 +486,10 @@ class Trainer:
             self.accuracy_before = before["eval/accuracy"]
             self.logger.log(0, before)
             self.log(f"held-out greedy accuracy before training: {self.accuracy_before:.3f}")
-        # with a time budget the bar tracks training seconds (the step count is then only an upper bound)
-        by_time = c.time_budget_s is not None
-        progress = Progress(c.time_budget_s if by_time else c.steps, enabled=c.progress,
-                            description=f"{c.objective.name} ({'seconds' if by_time else 'steps'})",
-                            completed=self.elapsed if by_time else self.step)  # fmt: skip
+        # the bar counts the bound expected to end the run: steps, or training seconds when a time budget
+        # is set and the steps would overrun it at the mean step time so far (progress_bound)
+        _, total, done, label = progress_bound(c.steps, c.time_budget_s, self.step, self.elapsed)
+        progress = Progress(total, enabled=c.progress, description=f"{c.objective.name} ({label})", completed=done)
         stopped = "steps"
         try:
             while self.step < c.steps:
@@ -418,8 +503,9 @@ class Trainer:
                 self.elapsed += trained  # evaluation is not training time (nor is it for the supervised control)
                 metrics["time/elapsed_s"] = self.elapsed
                 self.logger.log(self.step, metrics)
-                progress.update(trained if by_time else 1, step=self.step,
-                                reward=metrics.get("reward/mean"), acc=metrics.get("eval/accuracy"))  # fmt: skip
+                _, total, done, label = progress_bound(c.steps, c.time_budget_s, self.step, self.elapsed)
+                progress.set_bound(total, done, f"{c.objective.name} ({label})")
+                progress.update(0, step=self.step, reward=metrics.get("reward/mean"), acc=metrics.get("eval/accuracy"))
                 over_budget = c.time_budget_s is not None and self.elapsed >= c.time_budget_s
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps or over_budget:
                     self._checkpoint()
@@ -435,6 +521,7 @@ class Trainer:
         self._require_finite_weights("final_model export")
         self.model.save_pretrained(export)
         self.tokenizer.save_pretrained(export)
+        match_file_mode(*export.rglob("*"))  # safetensors writes 0o600
         plot = plot_run(self.run_dir)
         self.scorer.close()
         summary = {
@@ -453,13 +540,108 @@ def train(config: TrainConfig, *, log=print) -> dict:
     return Trainer(config, log=log).run()
 
 
-def resume(run_dir: str | Path, *, log=print, overrides: list[str] | None = None) -> dict:
-    """Continue the run in ``run_dir`` from its last checkpoint with its saved config."""
-    from .config import load_config
+RESUMABLE = ("steps", "time_budget_s", "checkpoint_every", "keep_checkpoints", "progress", "threads", "out_dir",
+             "eval.", "rollout.reward_workers", "rollout.reward_timeout", "rollout.code_memory_mb",
+             "rollout.max_reward_error_frac", "rollout.backend", "update.max_consecutive_nonfinite",
+             "update.micro_batch_size", "warm_start.cache_dir")  # fmt: skip
+"""What ``sspo resume`` may change (a trailing dot: the whole section): how long to train, how often to
+checkpoint and evaluate, evaluation sizes, resources and safety limits, none of which changes what is
+trained (micro-batching never changes the gradient). Anything else (model, seed, dtype, device, task,
+objective, optimizer, rollout and update shapes, warm start) makes the resumed run no continuation of
+the one on disk, and needs ``allow_changes`` (``sspo resume --allow-changes``)."""
 
-    path = Path(run_dir) / CONFIG_FILE
+_UNSET = object()
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):  # each key on its own (an empty mapping adds none)
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old: TrainConfig, new: TrainConfig) -> list[tuple[str, object, object]]:
+    """``(field, old value, new value)`` for every field that differs (``objective.params.tau_pos``:
+    each key of a mapping on its own; a missing one is :data:`_UNSET`), in the config's order."""
+    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, a.get(k, _UNSET), b.get(k, _UNSET)) for k in keys if a.get(k, _UNSET) != b.get(k, _UNSET)]
+
+
+def _resumable(field: str) -> bool:
+    return any(field == r or (r.endswith(".") and field.startswith(r)) for r in RESUMABLE)
+
+
+def _show(value) -> str:
+    return "unset" if value is _UNSET else repr(value)
+
+
+def intact_checkpoint(run_dir: Path, log=print) -> dict | None:
+    """The newest checkpoint of ``run_dir`` that reads back whole (``None``: there is none at all).
+    Each newer one that does not is logged (one line: which file, why) and set aside as
+    ``broken-step_NNNNNN``; when not one reads back, a :class:`TrainingError` lists them."""
+    checkpoint, skipped = newest_intact_checkpoint(run_dir)
+    if checkpoint is None and skipped:
+        why = "; ".join(f"{path.name}: {reason}" for path, reason in skipped)
+        raise TrainingError(f"run_dir: no checkpoint of {run_dir} reads back whole ({why}); there is nothing to "
+                            f"resume from: start again with: sspo train --config {Path(run_dir) / CONFIG_FILE} "
+                            "out_dir=NEW_DIR")  # fmt: skip
+    for path, reason in skipped:
+        aside = set_broken_aside(path)
+        log(f"warning: skipped checkpoint {path.name}, it does not read back ({reason}); set aside as {aside.name}")
+    return checkpoint
+
+
+def resume(run_dir: str | Path, *, log=print, overrides: list[str] | None = None, allow_changes: bool = False) -> dict:
+    """Continue the run in ``run_dir`` from its newest intact checkpoint with its saved config.
+
+    ``overrides`` may change what :data:`RESUMABLE` lists (``steps=200`` extends a run); any other change
+    is a :class:`ConfigError` naming the fields, unless ``allow_changes``. A run with no checkpoint is an
+    error (nothing to resume), not a fresh start. A run that is complete (``final_metrics.json`` written
+    and its steps or time budget reached) is left as it is: its summary is returned, nothing is rewritten."""
+    import shlex
+
+    from .config import config_from_dict, load_config, read_preset
+
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: {run_dir!s} has no {CONFIG_FILE}, so it is not a run directory; "
                                 "pass the out_dir of an earlier `sspo train`")
-    config = load_config(path, [f"out_dir={run_dir}", *(overrides or [])])
-    return Trainer(config, resume=True, log=log).run()
+    overrides = list(overrides or [])
+    config = load_config(path, [f"out_dir={run_dir}", *overrides])
+    again = shlex.join(["sspo", "train", "--config", str(path), *[o for o in overrides if not o.startswith("out_dir=")],
+                        "out_dir=NEW_DIR"])  # fmt: skip
+    if not checkpoint_dirs(run_dir):
+        raise FileNotFoundError(f"run_dir: {run_dir} has a {CONFIG_FILE} but no checkpoint to resume from (the run "
+                                f"stopped before its first, at step checkpoint_every={config.checkpoint_every}); "
+                                f"start it again with: {again}")  # fmt: skip
+    saved = config_from_dict({**read_preset(path), "out_dir": str(run_dir)}, check=False)
+    changes = [c for c in config_changes(saved, config) if not _resumable(c[0])]
+    if changes and not allow_changes:
+        what = "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, a, b in changes)
+        raise ConfigError(f"{', '.join(k for k, _, _ in changes)}: resume continues the run as it was trained and "
+                          f"will not change what it was trained with ({what}); pass --allow-changes to resume with "
+                          f"the change anyway, or start a new run: {again}")  # fmt: skip
+    checkpoint = intact_checkpoint(run_dir, log)
+    state = checkpoint["trainer_state"]
+    summary_path = run_dir / SUMMARY_FILE
+    over_budget = config.time_budget_s is not None and state["elapsed"] >= config.time_budget_s
+    if summary_path.is_file() and (state["step"] >= config.steps or over_budget):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError:
+            summary = None
+        if isinstance(summary, dict) and summary.get("steps") == state["step"]:
+            reached = (f"its time budget is spent ({state['elapsed']:.0f} of time_budget_s={config.time_budget_s:g} s)"
+                       if over_budget else f"step {state['step']} of steps={config.steps} is reached")  # fmt: skip
+            more = "time_budget_s" if over_budget else "steps"
+            log(f"{run_dir} is already complete: {reached}; nothing was run or rewritten. To train further, raise "
+                f"{more} (`sspo resume {run_dir} {more}=...`); to evaluate again, `sspo eval --model {run_dir}`")  # fmt: skip
+            return summary
+    for key, a, b in changes:
+        log(f"warning: resuming with a change (--allow-changes): {key} {_show(a)} -> {_show(b)}")
+    return Trainer(config, resume=True, log=log, checkpoint=checkpoint).run()

@@ -132,6 +132,11 @@ class Progress:
         status = "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}" for k, v in fields.items() if v is not None)
         self._progress.update(self._task, advance=advance, status=status)
 
+    def set_bound(self, total: float, completed: float, description: str) -> None:
+        """Count another bound (steps or seconds): new total, position and description."""
+        if self._progress is not None:
+            self._progress.update(self._task, total=total, completed=completed, description=description)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

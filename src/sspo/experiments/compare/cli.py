@@ -79,7 +79,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     t0 = time.perf_counter()
     failed = execute_plan(plan)
-    summary += f"; {plan.budget_s} s training per run; {plan.workers} worker(s)"
+    from ..runner import run_bound
+
+    bound = run_bound(plan.runs[0].config) if plan.runs else "no runs"
+    summary += f"; each run {bound}; {plan.workers} worker(s)"
     result = write_report(args.out, summary=summary, **report_kwargs)
     _print_outputs(result)
     print(f"compare: {(time.perf_counter() - t0) / 60:.1f} min" + (f"; {len(failed)} job(s) failed: "
