@@ -63,3 +63,10 @@ def test_a_fresh_warm_start_trains_exactly_like_its_cached_copy(tmp_path, monkey
     keys = ("loss", "grad_norm", "reward/mean", "eval/accuracy")
     strip = [[{k: r.get(k) for k in keys} for r in rows[name]] for name in ("fresh", "cached")]
     assert any(r["grad_norm"] for r in strip[0]) and strip[0] == strip[1]
+
+
+def test_both_demos_run_a_fixed_number_of_steps():
+    """A demo is the same run on any machine: its RL phase ends on its step count, never on wall time."""
+    for preset in ("demo", "demo-code"):
+        config = load_config(preset, [])
+        assert config.time_budget_s is None and config.steps >= 300, preset
