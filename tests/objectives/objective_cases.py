@@ -3,7 +3,10 @@
 import torch
 
 SEQUENCE_OBJECTIVES = ("gspo", "gspo_token", "gmpo", "sspo")
+"""One term per sequence, ``seq-mean-token-mean`` only."""
 TOKEN_OBJECTIVES = ("grpo", "sapo", "cispo")
+REINFORCE_OBJECTIVES = ("cispo", "vespo", "dppo_tv", "dppo_kl")
+"""A detached weight on ``A·logp`` (default ``token-mean``)."""
 
 
 def random_case(seed: int = 0, batch: int = 6, length: int = 9, drift: float = 0.5, dtype=torch.float64):

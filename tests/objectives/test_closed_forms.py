@@ -153,8 +153,11 @@ def test_on_policy_gradient_is_plain_policy_gradient(name):
     lp, _, adv, mask = random_case(7)
     out = sspo.policy_loss(name, lp, lp.detach().clone(), adv, mask)
     n, g_seqs, tokens = _counts(mask)
-    if name == "cispo":
+    mode = sspo.get_objective(name).default_agg_mode
+    if mode == "token-mean":
         expected = adv[:, None] / tokens
+    elif mode == "seq-mean-token-sum":  # luspo: n_i·A_i/n_i per token
+        expected = (adv / g_seqs)[:, None]
     else:
         expected = (adv / n.clamp(min=1) / g_seqs)[:, None]
     torch.testing.assert_close(-grad_of(out.loss, lp), torch.where(mask, expected, 0.0), rtol=1e-12, atol=1e-14)

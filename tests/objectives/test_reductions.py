@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from objective_cases import SEQUENCE_OBJECTIVES, TOKEN_OBJECTIVES, grad_of, random_case
+from objective_cases import TOKEN_OBJECTIVES, grad_of, random_case
 
 import sspo
 from sspo.objectives import Gate
@@ -44,7 +44,7 @@ def test_gspo_token_equals_gspo(seed, per_token_adv):
 
 
 def _modes(name):
-    return ["seq-mean-token-mean"] if name in SEQUENCE_OBJECTIVES else list(sspo.AGG_MODES)
+    return list(sspo.get_objective(name).agg_modes)
 
 
 @pytest.mark.parametrize("name", sspo.OBJECTIVES)

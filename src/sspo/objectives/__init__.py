@@ -6,6 +6,7 @@ from .gate_checks import check_gate
 from .gates import BUILTIN_GATES, GATES, Gate, gate_names, get_gate, register_gate
 from .kl import KL_ESTIMATORS, kl_penalty
 from .registry import OBJECTIVES, Objective, get_objective, policy_loss
+from .rollout_correction import ROLLOUT_IS, ROLLOUT_RS, RolloutCorrection, rollout_correction
 from .temperatures import match_clip_temperatures, token_weight
 
 __all__ = [
@@ -14,6 +15,9 @@ __all__ = [
     "GATES",
     "KL_ESTIMATORS",
     "OBJECTIVES",
+    "ROLLOUT_IS",
+    "ROLLOUT_RS",
+    "RolloutCorrection",
     "Gate",
     "LossOutput",
     "Objective",
@@ -28,5 +32,6 @@ __all__ = [
     "match_clip_temperatures",
     "policy_loss",
     "register_gate",
+    "rollout_correction",
     "token_weight",
 ]

@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .core import PolicyBatch, Terms, clip_metrics, geometric_mean_ratio
+from .core import PolicyBatch, Terms, clip_metrics, geometric_mean_ratio, truncated_share
 
 
 def cispo_terms(batch: PolicyBatch, *, ratio_max: float = 5.0) -> Terms:
@@ -19,5 +17,5 @@ def cispo_terms(batch: PolicyBatch, *, ratio_max: float = 5.0) -> Terms:
     ratio = torch.exp(delta)
     values = ratio.clamp(max=ratio_max) * batch.token_adv * batch.log_probs
     high = ratio > ratio_max
-    kept = torch.exp((math.log(ratio_max) - delta).clamp(max=0.0))
+    kept = truncated_share(delta, ratio_max)
     return Terms(values, geometric_mean_ratio(batch), kept, clip_metrics(torch.zeros_like(high), high, batch.mask))

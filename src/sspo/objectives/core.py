@@ -6,6 +6,7 @@ Notation follows docs/objectives.md: ``m[i,t]`` response mask, ``n_i = Σ_t m[i,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,12 +34,16 @@ class PolicyBatch:
     """
 
     log_probs: Tensor  # logp, with grad, zero where masked
+    old_log_probs: Tensor  # old, detached, zero where masked
     log_ratio: Tensor  # Δ = clamp(logp − old, ±c), zero where masked
     mask: Tensor  # bool
     token_adv: Tensor  # A per token (detached), zero where masked
     seq_adv: Tensor  # [B] A per sequence (mean of token advantages over valid tokens)
     lengths: Tensor  # [B] n_i, in the compute dtype
     seq_valid: Tensor  # [B] bool, n_i > 0
+    rollout_log_weight: Tensor | None = None
+    """[B] log of the rollout correction's weight, for objectives that fold it into their own sequence
+    weight (VESPO); None when no correction is asked for."""
 
     def seq_mean(self, values: Tensor) -> Tensor:
         """``1/n_i Σ_t m·values`` per sequence ([B]); 0 for empty sequences."""
@@ -177,6 +182,18 @@ def _check_finite(name: str, value: Tensor, where: Tensor) -> None:
         )
 
 
+def as_bool_mask(response_mask: Tensor, shape) -> Tensor:
+    """``response_mask`` as a bool tensor of ``shape``; it must be boolean or hold only 0/1."""
+    _check_tensor("response_mask", response_mask, floating=False)
+    if response_mask.shape != shape:
+        raise ValueError(f"response_mask must have the shape of log_probs {tuple(shape)}, got {_describe(response_mask)}")
+    if response_mask.dtype == torch.bool:
+        return response_mask
+    if response_mask.is_complex() or bool(((response_mask != 0) & (response_mask != 1)).any()):
+        raise ValueError(f"response_mask must be boolean or hold only 0/1, got {_describe(response_mask)}")
+    return response_mask != 0
+
+
 def prepare_batch(
     log_probs: Tensor,
     old_log_probs: Tensor,
@@ -207,12 +224,7 @@ def prepare_batch(
         )
     if not (log_ratio_clamp > 0):
         raise ValueError(f"log_ratio_clamp must be > 0, got {log_ratio_clamp}")
-    if response_mask.dtype == torch.bool:
-        mask = response_mask
-    else:
-        if response_mask.is_complex() or bool(((response_mask != 0) & (response_mask != 1)).any()):
-            raise ValueError(f"response_mask must be boolean or hold only 0/1, got {_describe(response_mask)}")
-        mask = response_mask != 0
+    mask = as_bool_mask(response_mask, shape)
     dtype = torch.promote_types(log_probs.dtype, torch.float32)
     if check_finite:
         _check_finite("log_probs", log_probs, mask)
@@ -235,7 +247,7 @@ def prepare_batch(
     else:
         token_adv = torch.where(mask, adv, zero)
         seq_adv = token_adv.sum(-1) / lengths.clamp(min=1)
-    batch = PolicyBatch(logp, log_ratio, mask, token_adv, seq_adv, lengths, seq_valid)
+    batch = PolicyBatch(logp, old, log_ratio, mask, token_adv, seq_adv, lengths, seq_valid)
     metrics = {
         "log_ratio/clamp_frac": fraction(raw.detach().abs() > log_ratio_clamp, mask),
         "ppo_kl": masked_mean(-log_ratio.detach(), mask),
@@ -275,6 +287,12 @@ def effective_ratio(kept: Tensor, mask: Tensor) -> Tensor:
     """``update/effective_ratio``: mean over valid tokens of the share of the plain policy-gradient
     signal each token keeps (``kept`` broadcasts to ``mask``)."""
     return masked_mean(kept.detach().expand(mask.shape), mask)
+
+
+def truncated_share(log_ratio: Tensor, cap: float) -> Tensor:
+    """``min(r, cap)/r = exp(min(0, log cap − Δ))``: the share of ``r·A·∇logp`` that a detached weight
+    ``sg[min(r, cap)]`` on ``A·∇logp`` keeps (CISPO, DPPO)."""
+    return torch.exp((math.log(cap) - log_ratio.detach()).clamp(max=0.0))
 
 
 def soft_gate_metrics(weight: Tensor, mask: Tensor) -> dict[str, Tensor]:

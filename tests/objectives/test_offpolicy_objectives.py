@@ -1,0 +1,274 @@
+"""VESPO, LUSPO, DPPO-TV/KL and the rollout corrections equal their closed forms (float64, docs/objectives.md)."""
+
+import math
+
+import pytest
+import torch
+from objective_cases import grad_of, random_case
+
+import sspo
+
+
+def _counts(mask):
+    n = mask.sum(-1).to(torch.float64)
+    return n, (n > 0).sum().to(torch.float64), n.sum()
+
+
+def _f64(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mode", sspo.AGG_MODES)
+def test_vespo_gradient_closed_form(seed, mode):
+    lp, old, adv, mask = random_case(seed, drift=0.15)
+    out = sspo.policy_loss("vespo", lp, old, adv, mask, loss_agg_mode=mode, max_response_length=12)
+    n, g_seqs, tokens = _counts(mask)
+    delta = torch.where(mask, lp.detach() - old, 0.0)
+    log_w = delta.sum(-1).clamp(math.log(1e-8), 20.0)
+    k = torch.where(adv >= 0, _f64(2.0), _f64(3.0))
+    lam = torch.where(adv >= 0, _f64(3.0), _f64(2.0))
+    phi = torch.exp(lam) * torch.exp(log_w) ** k * torch.exp(-lam * torch.exp(log_w))
+    per_token = {"token-mean": tokens.expand(len(n)), "seq-mean-token-mean": n.clamp(min=1) * g_seqs,
+                 "seq-mean-token-sum": g_seqs.expand(len(n)), "seq-mean-token-sum-norm": 12 * g_seqs.expand(len(n))}[mode]  # fmt: skip
+    expected = torch.where(mask, (phi * adv / per_token)[:, None], 0.0)
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.metrics["seq_weight/max"], phi[n > 0].max(), rtol=1e-12, atol=0)
+    assert phi[n > 0].min() < 0.9  # the weight really shapes the gradient here
+
+
+def test_vespo_weight_is_one_on_policy_and_peaks_at_k_over_lambda():
+    """``φ(1) = 1``; ``φ`` is largest at ``w = k/λ`` (2/3 for positive advantages by default)."""
+    lp = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    adv = _f64([1.0])
+    on = sspo.policy_loss("vespo", lp, lp.detach(), adv, mask)
+    assert on.metrics["seq_weight/max"].item() == pytest.approx(1.0, abs=1e-15)
+    old = torch.full_like(lp, -0.5 * math.log(2 / 3))  # Σ Δ = log(2/3)
+    peak = sspo.policy_loss("vespo", lp, old, adv, mask).metrics["seq_weight/max"].item()
+    assert peak == pytest.approx(math.e**3 * (2 / 3) ** 2 * math.exp(-2), rel=1e-12)
+    for w in (0.5, 0.8, 1.0):
+        old_w = torch.full_like(lp, -0.5 * math.log(w))
+        assert sspo.policy_loss("vespo", lp, old_w, adv, mask).metrics["seq_weight/max"].item() < peak
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_luspo_gradient_closed_form(seed):
+    lp, old, adv, mask = random_case(seed, drift=0.01)
+    el, eh = 3e-3, 4e-3
+    out = sspo.policy_loss("luspo", lp, old, adv, mask, eps_low=el, eps_high=eh)
+    n, g_seqs, _ = _counts(mask)
+    delta = torch.where(mask, lp.detach() - old, 0.0)
+    s = torch.exp(delta.sum(-1) / n.clamp(min=1))
+    clipped = ((adv > 0) & (s > 1 + eh)) | ((adv < 0) & (s < 1 - el))
+    value = (n * torch.minimum(s * adv, s.clamp(1 - el, 1 + eh) * adv)).sum() / g_seqs
+    torch.testing.assert_close(-out.loss.detach(), value, rtol=1e-12, atol=1e-14)
+    # n_i·(s_i·A_i/n_i): every token of a kept sequence gets s_i·A_i/G'
+    expected = torch.where(mask & ~clipped[:, None], (adv * s / g_seqs)[:, None], 0.0)
+    torch.testing.assert_close(-grad_of(out.loss, lp), expected, rtol=1e-12, atol=1e-14)
+    gspo = sspo.policy_loss("gspo", lp, old, adv, mask, eps_low=el, eps_high=eh)
+    torch.testing.assert_close(out.metrics["pg_clipfrac"], gspo.metrics["pg_clipfrac"])
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_luspo_refuses_modes_that_undo_its_length_weighting(mode):
+    lp, old, adv, mask = random_case(0)
+    with pytest.raises(ValueError, match=r"'luspo' scales each sequence's term by its length.*use seq-mean-token-sum"):
+        sspo.policy_loss("luspo", lp, old, adv, mask, loss_agg_mode=mode)
+
+
+def _dppo_expected(name, lp, old, adv, mask, low, high, c):
+    p, q = torch.exp(lp.detach()), torch.exp(old)
+    a = adv[:, None].expand_as(p)
+    if name == "dppo_tv":
+        ok = torch.where(a > 0, p - q <= high, p - q >= -low)
+    else:
+        kl = q * torch.log(q / p) + (1 - q) * torch.log((1 - q + 1e-8) / (1 - p + 1e-8))
+        ok = torch.where(a > 0, (kl <= high) | (p <= q), (kl <= low) | (p >= q))
+    r = p / q
+    return ok, torch.where(mask & ok, r.clamp(max=c) * a, 0.0)
+
+
+@pytest.mark.parametrize("name", ["dppo_tv", "dppo_kl"])
+@pytest.mark.parametrize("seed", range(4))
+def test_dppo_gradient_closed_form(name, seed):
+    lp, old, adv, mask = random_case(seed, drift=0.6)
+    old = old / 4  # probabilities of 0.5–1, so that p − q is large
+    lp = (old + (lp.detach() - old * 4) / 2).clamp(max=0).requires_grad_(True)
+    low, high, c = (0.1, 0.15, 1.5) if name == "dppo_tv" else (0.03, 0.05, 1.5)
+    out = sspo.policy_loss(name, lp, old, adv, mask, clip_ratio=0.5, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_c=c)
+    ok, term = _dppo_expected(name, lp, old, adv, mask, low, high, c)
+    _, _, tokens = _counts(mask)
+    torch.testing.assert_close(-grad_of(out.loss, lp), term / tokens, rtol=1e-12, atol=1e-14)
+    masked = mask & ~ok
+    assert masked.any() and (mask & ok).any()
+    torch.testing.assert_close(out.metrics["pg_clipfrac"], masked.sum() / mask.sum(), rtol=1e-12, atol=0)
+    pos = (adv > 0)[:, None]
+    torch.testing.assert_close(out.metrics["pg_clipfrac_high"], (masked & pos).sum() / mask.sum(), rtol=1e-12, atol=0)
+
+
+def test_dppo_thresholds_fall_back_to_clip_ratio():
+    lp, old, adv, mask = random_case(1, drift=0.6)
+    both = sspo.policy_loss("dppo_tv", lp, old, adv, mask, clip_ratio=0.07)
+    explicit = sspo.policy_loss("dppo_tv", lp, old, adv, mask, clip_ratio=0.9, clip_ratio_low=0.07, clip_ratio_high=0.07)
+    torch.testing.assert_close(both.loss, explicit.loss, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- rollout corrections
+def _sampler(old, seed=0, scale=0.3):
+    return old + scale * torch.randn(old.shape, generator=torch.Generator().manual_seed(seed), dtype=old.dtype)
+
+
+@pytest.mark.parametrize("name", ["grpo", "sapo", "cispo", "dppo_tv"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_decoupled_weight_multiplies_token_terms(name, level):
+    """``J_corrected = aggregate(ρ·term)``: the gradient of each token is its own uncorrected gradient times ρ."""
+    lp, old, adv, mask = random_case(2, drift=0.4)
+    roll = _sampler(old, 3, scale=0.25 if level == "sequence" else 0.3)
+    out = sspo.policy_loss(name, lp, old, adv, mask, rollout_log_probs=roll, rollout_is=level, rollout_is_threshold=1.5)
+    plain = grad_of(sspo.policy_loss(name, lp, old, adv, mask).loss, lp)
+    delta = torch.where(mask, old - roll, 0.0)
+    rho = torch.exp(delta) if level == "token" else torch.exp(delta.sum(-1, keepdim=True)).expand_as(delta)
+    rho = rho.clamp(max=1.5)
+    torch.testing.assert_close(grad_of(out.loss, lp), torch.where(mask, plain * rho, 0.0), rtol=1e-12, atol=1e-14)
+    assert out.metrics["rollout_corr/is_truncated_frac"] > 0 and (rho[mask] < 1).any()
+
+
+@pytest.mark.parametrize("name", ["gspo", "gmpo", "sspo"])
+def test_sequence_objectives_take_the_mean_token_weight(name):
+    lp, old, adv, mask = random_case(4, drift=0.05)
+    roll = _sampler(old, 5)
+    out = sspo.policy_loss(name, lp, old, adv, mask, rollout_log_probs=roll, rollout_is="token", rollout_is_threshold=2.0)
+    plain = grad_of(sspo.policy_loss(name, lp, old, adv, mask).loss, lp)
+    rho = torch.where(mask, torch.exp(old - roll).clamp(max=2.0), 0.0)
+    mean_rho = rho.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    torch.testing.assert_close(grad_of(out.loss, lp), plain * mean_rho, rtol=1e-12, atol=1e-14)
+
+
+def test_vespo_folds_the_weight_into_its_sequence_weight():
+    """For VESPO ``log w_i += Σ_t log ρ_t`` before ``φ`` (TRL's and the paper's treatment), not ``ρ·term``."""
+    lp, old, adv, mask = random_case(6, drift=0.1)
+    roll = _sampler(old, 7, scale=0.1)
+    out = sspo.policy_loss("vespo", lp, old, adv, mask, rollout_log_probs=roll, rollout_is="token", rollout_is_threshold=1.5)
+    # the same as VESPO without correction, centred on the sampler's log-probs with each token's log-ratio to
+    # the proximal policy truncated at log 1.5
+    shifted = old - torch.where(mask, (old - roll).clamp(max=math.log(1.5)), 0.0)
+    n_tok = mask.sum()
+    ref = sspo.policy_loss("vespo", lp, shifted, adv, mask)
+    # the weight φ is the same; the REINFORCE term A·logp does not depend on old
+    torch.testing.assert_close(out.metrics["seq_weight/mean"], ref.metrics["seq_weight/mean"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad_of(out.loss, lp), grad_of(ref.loss, lp), rtol=1e-12, atol=1e-14)
+    assert n_tok > 0
+
+
+def test_rejection_drops_tokens_and_rows_from_the_loss_and_its_counts():
+    lp, old, adv, mask = random_case(8, drift=0.4)
+    roll = _sampler(old, 9, scale=0.4)
+    out = sspo.policy_loss("grpo", lp, old, adv, mask, rollout_log_probs=roll, rollout_rs="token_k2",
+                           rollout_rs_threshold=0.02)  # fmt: skip
+    keep = mask & (0.5 * (old - roll) ** 2 <= 0.02)
+    ref = sspo.policy_loss("grpo", lp, old, adv, keep)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad_of(out.loss, lp), grad_of(ref.loss, lp), rtol=0, atol=0)
+    assert out.metrics["rollout_corr/rs_masked_frac"].item() == pytest.approx(1 - keep.sum().item() / mask.sum().item())
+    rows = mask.any(-1)
+    touched = (mask & ~keep).any(-1)
+    assert out.metrics["rollout_corr/rs_seq_masked_frac"].item() == pytest.approx(touched[rows].float().mean().item())
+
+
+def test_sequence_rejection_removes_whole_rows():
+    lp, old, adv, mask = random_case(10, drift=0.3)
+    roll = _sampler(old, 11, scale=0.3)
+    out = sspo.policy_loss("sspo", lp, old, adv, mask, rollout_log_probs=roll, rollout_rs="seq_mean_k3",
+                           rollout_rs_threshold=0.04)  # fmt: skip
+    delta = torch.where(mask, old - roll, 0.0)
+    k3 = torch.where(mask, torch.expm1(delta) - delta, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)
+    keep_rows = k3 <= 0.04
+    assert (~keep_rows & mask.any(-1)).any() and (keep_rows & mask.any(-1)).any()
+    ref = sspo.policy_loss("sspo", lp, old, adv, mask & keep_rows[:, None])
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=0)
+
+
+def test_icepop_zeroes_weights_outside_the_band():
+    _, old, _, mask = random_case(12)
+    roll = _sampler(old, 13, scale=0.5)
+    c = sspo.rollout_correction(old, roll, mask, rollout_is="token", rollout_is_threshold="0.5_2")
+    r = torch.exp(old - roll)
+    inside = (r >= 0.5) & (r <= 2) & mask
+    torch.testing.assert_close(c.weights, torch.where(inside, r, 0.0), rtol=1e-12, atol=0)
+    assert (mask & ~inside).any()
+
+
+def test_bypass_mode_centres_the_objective_on_the_sampler():
+    lp, _, adv, mask = random_case(14)
+    roll = _sampler(lp.detach(), 15)
+    nan = torch.full_like(roll, float("nan"))
+    out = sspo.policy_loss("grpo", lp, nan, adv, mask, rollout_log_probs=roll, bypass_mode=True,
+                           rollout_is="token", check_finite=False)  # fmt: skip
+    ref = sspo.policy_loss("grpo", lp, roll, adv, mask)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=0)
+    assert "rollout_corr/is_mean" in out.metrics  # the weight is reported, not applied
+
+
+def test_engine_weights_are_taken_as_given():
+    lp, old, adv, mask = random_case(16)
+    w_tok = torch.rand(mask.shape, dtype=torch.float64) + 0.5
+    out = sspo.policy_loss("grpo", lp, old, adv, mask, rollout_is_weights=torch.where(mask, w_tok, float("nan")))
+    plain = grad_of(sspo.policy_loss("grpo", lp, old, adv, mask).loss, lp)
+    torch.testing.assert_close(grad_of(out.loss, lp), torch.where(mask, plain * w_tok, 0.0), rtol=1e-12, atol=1e-14)
+    w_seq = torch.rand(mask.shape[0], dtype=torch.float64) + 0.5
+    seq = sspo.policy_loss("sspo", lp, old, adv, mask, rollout_is_weights=w_seq)
+    plain = grad_of(sspo.policy_loss("sspo", lp, old, adv, mask).loss, lp)
+    torch.testing.assert_close(grad_of(seq.loss, lp), plain * w_seq[:, None], rtol=1e-12, atol=1e-14)
+
+
+def test_nan_in_masked_slots_of_the_sampler_never_leaks():
+    lp, old, adv, mask = random_case(17)
+    roll = torch.where(mask, _sampler(old, 18), float("nan"))
+    for name in sspo.OBJECTIVES:
+        out = sspo.policy_loss(name, lp, old, adv, mask, rollout_log_probs=roll, rollout_is="sequence",
+                               rollout_rs="token_k1", rollout_rs_threshold=3.0)  # fmt: skip
+        g = grad_of(out.loss, lp)
+        assert torch.isfinite(out.loss) and torch.isfinite(g).all() and (g[~mask] == 0).all()
+        assert all(torch.isfinite(v) for v in out.metrics.values()), name
+
+
+def test_correction_on_policy_changes_nothing():
+    lp, old, adv, mask = random_case(19)
+    for name in sspo.OBJECTIVES:
+        out = sspo.policy_loss(name, lp, old, adv, mask, rollout_log_probs=old.clone(), rollout_is="token",
+                               rollout_rs="token_k3", rollout_rs_threshold=1e-6)  # fmt: skip
+        ref = sspo.policy_loss(name, lp, old, adv, mask)
+        torch.testing.assert_close(out.loss, ref.loss, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(rollout_is="tokens"), r"rollout_is='tokens' is not one of None, 'token', 'sequence'"),
+    (dict(rollout_is="token", rollout_is_threshold="2_1"), r"rollout_is_threshold='2_1': the lower bound is above"),
+    (dict(rollout_is="token", rollout_is_threshold=-1.0), r"rollout_is_threshold bounds must be finite and > 0"),
+    (dict(rollout_is="token", rollout_is_threshold="x"), r"rollout_is_threshold='x' is not a number"),
+    (dict(rollout_rs="token_k4", rollout_rs_threshold=1.0), r"rollout_rs: unknown criterion 'token_k4'"),
+    (dict(rollout_rs="token_k2"), r"rollout_rs needs rollout_rs_threshold"),
+    (dict(rollout_rs="token_k2,token_k3", rollout_rs_threshold="1,2,3"), r"3 values for 2 criteria"),
+    (dict(rollout_rs="token_k2", rollout_rs_threshold="0.1_1"), r"a k2/k3 criterion takes one upper bound"),
+    (dict(rollout_is_batch_normalize="yes", rollout_is="token"), r"rollout_is_batch_normalize must be True or False"),
+])  # fmt: skip
+def test_bad_correction_options_name_themselves(kwargs, message):
+    lp, old, adv, mask = random_case(0)
+    with pytest.raises(ValueError, match=message):
+        sspo.policy_loss("grpo", lp, old, adv, mask, rollout_log_probs=old, **kwargs)
+
+
+def test_corrections_need_the_sampler_log_probs():
+    lp, old, adv, mask = random_case(0)
+    for kwargs in (dict(rollout_is="token"), dict(bypass_mode=True)):
+        with pytest.raises(ValueError, match="need rollout_log_probs"):
+            sspo.policy_loss("grpo", lp, old, adv, mask, **kwargs)
+    with pytest.raises(ValueError, match="rollout_log_probs must have the shape of log_probs"):
+        sspo.policy_loss("grpo", lp, old, adv, mask, rollout_log_probs=old[:, :3])
+    with pytest.raises(ValueError, match="not both"):
+        sspo.policy_loss("grpo", lp, old, adv, mask, rollout_log_probs=old, rollout_is_weights=torch.ones_like(old))
+    with pytest.raises(ValueError, match="rollout_log_probs has non-finite"):
+        sspo.policy_loss("grpo", lp, old, adv, mask, rollout_log_probs=torch.full_like(old, float("nan")))
+    with pytest.raises(ValueError, match="rollout_is_weights must be finite and >= 0"):
+        sspo.policy_loss("grpo", lp, old, adv, mask, rollout_is_weights=-torch.ones_like(old))
