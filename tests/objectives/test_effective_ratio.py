@@ -11,7 +11,7 @@ import sspo
 
 KEY = "update/effective_ratio"
 CLIPPING = ("grpo", "gspo", "gspo_token", "gmpo", "cispo", "luspo", "dppo_tv", "dppo_kl", "m2po")
-BINDING = {"cispo": {"ratio_max": 1.2}}  # r > 5 (the default r_max) is rare at drift 0.5
+BINDING = {"cispo": {"ratio_max": 1.2}, "m2po": {"m2_threshold": 0.05}}  # r > 5 (the default r_max) is rare at drift 0.5
 
 
 def _plain_gradient(name, lp, old, adv, mask):

@@ -100,6 +100,8 @@ def test_dppo_gradient_closed_form(name, seed):
     ok, term = _dppo_expected(name, lp, old, adv, mask, low, high, c)
     _, _, tokens = _counts(mask)
     torch.testing.assert_close(-grad_of(out.loss, lp), term / tokens, rtol=1e-12, atol=1e-14)
+    # the value is the paper's surrogate Σ M·min(r, c)·A / N (not verl's sg[min(r, c)]·A·logp)
+    torch.testing.assert_close(-out.loss.detach(), term.sum() / tokens, rtol=1e-12, atol=1e-14)
     masked = mask & ~ok
     assert masked.any() and (mask & ok).any()
     torch.testing.assert_close(out.metrics["pg_clipfrac"], masked.sum() / mask.sum(), rtol=1e-12, atol=0)
@@ -272,3 +274,102 @@ def test_corrections_need_the_sampler_log_probs():
         sspo.policy_loss("grpo", lp, old, adv, mask, rollout_log_probs=torch.full_like(old, float("nan")))
     with pytest.raises(ValueError, match="rollout_is_weights must be finite and >= 0"):
         sspo.policy_loss("grpo", lp, old, adv, mask, rollout_is_weights=-torch.ones_like(old))
+
+
+# ----------------------------------------------------------------------------- M2PO
+def _algorithm_1(delta, mask, tau):
+    """The paper's Algorithm 1, literally: mask the largest M2 while the mean M2 of the kept tokens > τ."""
+    keep = mask.clone()
+    m2 = delta**2
+    while keep.any() and m2[keep].mean() > tau:
+        idx = torch.where(keep, m2, torch.full_like(m2, -1.0)).flatten().argmax()
+        keep.view(-1)[idx] = False
+    return keep
+
+
+def _areal_mask(delta, mask, tau):
+    """AReaL's rule as its source reads: sort descending, mask the largest until the mean of the rest is
+    strictly below τ, always keeping the smallest token."""
+    m2 = (delta**2)[mask]
+    s, order = torch.sort(m2, descending=True)
+    suffix = torch.flip(torch.cumsum(torch.flip(s, [0]), 0), [0]) / torch.arange(len(s), 0, -1, dtype=s.dtype)
+    below = (suffix < tau).nonzero()
+    k = int(below[0]) if len(below) else len(s) - 1
+    kept = torch.ones_like(m2, dtype=torch.bool)
+    kept[order[:k]] = False
+    out = torch.zeros_like(mask)
+    out[mask] = kept
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tau", [0.01, 0.04, 0.2])
+def test_m2po_mask_is_algorithm_1_and_its_gradient_the_masked_surrogate(seed, tau):
+    lp, old, adv, mask = random_case(seed, drift=0.3)
+    out = sspo.policy_loss("m2po", lp, old, adv, mask, m2_threshold=tau)
+    delta = torch.where(mask, lp.detach() - old, 0.0)
+    keep = _algorithm_1(delta, mask, tau)
+    _, _, tokens = _counts(mask)
+    r = torch.exp(delta)
+    torch.testing.assert_close(-out.loss.detach(), torch.where(keep, r * adv[:, None], 0.0).sum() / tokens, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(-grad_of(out.loss, lp), torch.where(keep, r * adv[:, None], 0.0) / tokens, rtol=1e-12, atol=1e-14)
+    assert out.metrics["m2po/m2_kept"] <= tau + 1e-15
+    frac = 1 - keep.sum() / mask.sum()
+    torch.testing.assert_close(out.metrics["m2po/masked_frac"], frac.float(), rtol=1e-6, atol=0)
+    if tau < 0.2:
+        assert 0 < frac < 1  # the bound binds on these batches
+
+
+def test_m2po_masks_only_outliers_and_nothing_under_the_bound():
+    lp = torch.zeros(2, 4, dtype=torch.float64, requires_grad=True)
+    old = torch.zeros(2, 4, dtype=torch.float64)
+    old[0, 1] = -2.0  # one outlier: Δ = 2, M2 = 4
+    old[1, :] = 0.1  # Δ = −0.1 everywhere else in row 1: M2 = 0.01
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    adv = _f64([1.0, -1.0])
+    out = sspo.policy_loss("m2po", lp, old, adv, mask, m2_threshold=0.04)
+    g = grad_of(out.loss, lp)
+    assert g[0, 1] == 0 and (g.abs().sum() - g[0, 1].abs()) > 0 and (g != 0).sum() == 7
+    calm = sspo.policy_loss("m2po", lp, torch.full_like(old, 0.1), adv, mask, m2_threshold=0.04)
+    assert calm.metrics["m2po/masked_frac"].item() == 0.0 and calm.metrics["update/effective_ratio"].item() == 1.0
+
+
+def test_m2po_masks_everything_when_even_one_token_is_over_the_bound():
+    lp = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    old = torch.full_like(lp, -1.0).detach()
+    out = sspo.policy_loss("m2po", lp, old, _f64([1.0]), torch.ones(1, 3, dtype=torch.bool), m2_threshold=0.5)
+    assert out.metrics["m2po/masked_frac"].item() == 1.0 and (grad_of(out.loss, lp) == 0).all()
+
+
+def test_m2po_differs_from_areal_only_at_the_boundary():
+    """AReaL stops when the mean is strictly below τ and keeps at least one token; Algorithm 1 stops at ≤ τ.
+    Away from those edges the masks agree."""
+    for seed in range(6):
+        lp, old, adv, mask = random_case(seed, drift=0.3)
+        delta = torch.where(mask, lp.detach() - old, 0.0)
+        keep = _algorithm_1(delta, mask, 0.04)
+        assert torch.equal(keep, _areal_mask(delta, mask, 0.04))
+    # exactly at the bound: two tokens with M2 = τ — the paper keeps both, AReaL masks one
+    delta = torch.tensor([[0.25, -0.25]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert _algorithm_1(delta, mask, 0.0625).sum() == 2
+    assert _areal_mask(delta, mask, 0.0625).sum() == 1
+    lp = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    out = sspo.policy_loss("m2po", lp, -delta, _f64([1.0]), mask, m2_threshold=0.0625)
+    assert out.metrics["m2po/masked_frac"].item() == 0.0
+
+
+def test_m2po_mask_belongs_to_the_batch_it_sees():
+    """Split into micro-batches, each gets its own mask (as in AReaL, which masks per micro-batch); with
+    global normalisers the losses then sum to the full-batch loss with the per-part masks."""
+    lp, old, adv, mask = random_case(3, batch=8, drift=0.3)
+    norms = {"global_num_tokens": mask.sum()}
+    total, expected = 0, 0
+    for idx in (slice(0, 4), slice(4, 8)):
+        total = total + sspo.policy_loss("m2po", lp[idx], old[idx], adv[idx], mask[idx], **norms).loss
+        delta = torch.where(mask[idx], lp[idx].detach() - old[idx], 0.0)
+        keep = _algorithm_1(delta, mask[idx], 0.04)
+        expected = expected + torch.where(keep, torch.exp(delta) * adv[idx, None], 0.0).sum()
+    torch.testing.assert_close(-total.detach(), expected / mask.sum(), rtol=1e-12, atol=1e-14)
+    full = sspo.policy_loss("m2po", lp, old, adv, mask).loss
+    assert abs(full.item() - total.item()) > 1e-6

@@ -33,6 +33,7 @@ from .grpo import grpo_terms
 from .gspo import gspo_terms, gspo_token_terms
 from .kl import KL_ESTIMATORS, kl_penalty
 from .luspo import luspo_terms
+from .m2po import m2po_terms
 from .rollout_correction import rollout_correction, rollout_log_weight
 from .sapo import sapo_terms
 from .sspo import sspo_terms
@@ -72,6 +73,7 @@ _OBJECTIVES: dict[str, Objective] = {
         Objective("luspo", luspo_terms, True, "seq-mean-token-sum", ("seq-mean-token-sum",)),
         Objective("dppo_tv", dppo_tv_terms, False, "token-mean"),
         Objective("dppo_kl", dppo_kl_terms, False, "token-mean"),
+        Objective("m2po", m2po_terms, False, "token-mean"),
     )
 }
 OBJECTIVES: tuple[str, ...] = tuple(_OBJECTIVES)
