@@ -239,3 +239,22 @@ def test_every_file_of_a_run_has_the_mode_of_a_plain_file(tmp_path, umask_002):
     modes = {str(p.relative_to(run)): oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file()}
     assert "final_model/model.safetensors" in modes and "checkpoints/step_000002/behaviour_0.safetensors" in modes
     assert {k: v for k, v in modes.items() if v != oct(mode)} == {}
+
+
+def test_checkpoint_state_is_read_onto_the_cpu(finished, tmp_path, monkeypatch):
+    """``state.pt`` of a GPU run holds CUDA tensors (optimizer moments, RNG states): it is read with
+    ``map_location="cpu"`` so that the run resumes on any machine (the optimizer moves its state onto the
+    parameters' device when it loads)."""
+    import torch
+
+    seen = {}
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        seen.update(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    checkpoint = read_checkpoint(checkpoint_dirs(_copy(finished, tmp_path))[-1])
+    assert seen.get("map_location") == "cpu" and seen.get("weights_only") is True
+    assert all(v.device.type == "cpu" for v in checkpoint["state"]["optimizer"]["state"][0].values() if torch.is_tensor(v))

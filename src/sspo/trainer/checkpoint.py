@@ -139,7 +139,7 @@ def read_checkpoint(path: str | Path) -> dict:
         except Exception as exc:  # noqa: BLE001
             raise fail(name, exc) from exc
     try:
-        state = torch.load(path / "state.pt", weights_only=True)
+        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")  # a GPU run resumes anywhere
         missing = [k for k in ("optimizer", "scheduler", "torch_rng", "cuda_rng") if k not in state]
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
