@@ -54,7 +54,7 @@ def test_every_preset_loads():
         ("objective.name=ppo", "objective.name: unknown objective 'ppo'; valid: grpo, gspo"),
         ("objective.params.tau_neg=-1", "objective.params: tau_neg must be > 0, got -1"),
         ("objective.params.eps_low=0.1", "objective.params: objective 'sspo' has no hyperparameter 'eps_low'"),
-        ("objective.loss_agg_mode=token-mean", "objective.params: objective 'sspo' is sequence-level"),
+        ("objective.loss_agg_mode=token-mean", "objective.loss_agg_mode: objective 'sspo' is sequence-level"),
         ("update.mini_batches=1000", r"update.mini_batches: must be in \[1, P\*G=128\], got 1000"),
         ("task.name=mnist", "task.name: unknown task 'mnist'"),
         ("task.reward=style", "task.reward: .style. is not one of answer, answer_and_work"),
@@ -108,3 +108,76 @@ def test_a_whole_mapping_override_replaces_instead_of_merging():
     assert load_config("demo", ["task.options={max_steps: 2}"]).task.options == {"max_steps": 2}
     assert load_config("demo", ["objective.params={tau_pos: 2.0}"]).objective.params == {"tau_pos": 2.0}
     assert load_config("demo", ["task.options.max_steps=2"]).task.options["max_operand"] == 9  # one key: merged
+
+
+RC = "objective.rollout_correction."
+PROXIMAL = ("update.old_logprobs=proximal",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((*PROXIMAL, f"{RC}rollout_is=tokens"), rf"^{RC}rollout_is: 'tokens' is not one of none, token, sequence$"),
+        ((*PROXIMAL, f"{RC}rollout_is=token", f"{RC}rollout_is_threshold=0"), rf"^{RC}rollout_is_threshold: .*finite and > 0"),
+        ((*PROXIMAL, f"{RC}rollout_is=token", f"{RC}rollout_is_threshold=5.0_0.5"),
+         rf"^{RC}rollout_is_threshold: .*lower bound is above the upper one"),
+        ((*PROXIMAL, f"{RC}rollout_is=token", f"{RC}rollout_is_threshold=lots"), rf"^{RC}rollout_is_threshold: .*not a number"),
+        ((f"{RC}rollout_is_batch_normalize=true",), rf"^{RC}rollout_is_batch_normalize: .*set rollout_is too"),
+        ((f"{RC}rollout_is_batch_normalize=sometimes",), rf"^{RC}rollout_is_batch_normalize: expected true/false"),
+        ((*PROXIMAL, f"{RC}rollout_rs=token_k4", f"{RC}rollout_rs_threshold=2"), rf"^{RC}rollout_rs: unknown criterion 'token_k4'"),
+        ((*PROXIMAL, f"{RC}rollout_rs=token_k1"), rf"^{RC}rollout_rs_threshold: rollout_rs needs rollout_rs_threshold"),
+        ((*PROXIMAL, f"{RC}rollout_rs=token_k1,seq_mean_k3", f"{RC}rollout_rs_threshold=2,0.1,3"),
+         rf"^{RC}rollout_rs_threshold: .*3 values for 2 criteria"),
+        ((*PROXIMAL, f"{RC}rollout_rs=token_k3", f"{RC}rollout_rs_threshold=0.5_2.0"),
+         rf"^{RC}rollout_rs_threshold: .*a k2/k3 criterion takes one upper bound"),
+        ((f"{RC}rollout_rs_threshold=2",), rf"^{RC}rollout_rs_threshold: 2.0 bounds no criterion: set rollout_rs too$"),
+        ((f"{RC}bypass_mode=true", "update.old_logprobs=recompute"), rf"^{RC}bypass_mode: .*set update.old_logprobs=sampler$"),
+        ((f"{RC}rollout_is=token",), rf"^{RC}rollout_is: .*update.old_logprobs=auto takes those from the sampler"),
+        ((f"{RC}rollout_rs=token_k1", f"{RC}rollout_rs_threshold=2", "update.old_logprobs=sampler"),
+         rf"^{RC}rollout_rs: .*set update.old_logprobs=proximal \(decoupled PPO\) or recompute, or bypass_mode=true$"),
+        ((*PROXIMAL, "update.staleness=2"), r"^update.old_logprobs: proximal .*\(update.staleness\) would go uncorrected"),
+        ((*PROXIMAL, "rollout.sampler_dtype=bfloat16"), r"^update.old_logprobs: proximal .*\(rollout.sampler_dtype\)"),
+        ((f"{RC}rollout=token",), rf"^{RC}rollout: unknown field; valid fields of RolloutCorrectionConfig"),
+        (("update.old_logprobs=prox",), r"^update.old_logprobs: 'prox' is not one of auto, recompute, sampler, proximal$"),
+        (("objective.name=luspo", "objective.loss_agg_mode=token-mean"),
+         r"^objective.loss_agg_mode: objective 'luspo' scales each sequence's term by its length itself"),
+    ],
+)
+def test_bad_rollout_corrections_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", list(overrides))
+
+
+def test_every_objective_trains_in_the_config_with_its_params():
+    import sspo
+
+    assert {"vespo", "luspo", "dppo_tv", "dppo_kl"} <= set(sspo.OBJECTIVES)
+    for name in sspo.OBJECTIVES:
+        objective = sspo.get_objective(name)
+        config = load_config("tiny", [f"objective.name={name}", f"objective.loss_agg_mode={objective.agg_modes[-1]}"])
+        assert config.objective.name == name and config.objective.loss_agg_mode == objective.agg_modes[-1]
+        for key, default in objective.defaults.items():  # each hyperparameter, at its default value
+            if isinstance(default, int | float) and not isinstance(default, bool):
+                assert load_config("tiny", [f"objective.name={name}", f"objective.params.{key}={default!r}"])
+    with pytest.raises(ConfigError, match="objective.params: objective 'luspo' has no hyperparameter 'tau_pos'"):
+        load_config("tiny", ["objective.name=luspo", "objective.params.tau_pos=1.0"])
+
+
+def test_rollout_correction_values_are_read_as_written(tmp_path):
+    config = load_config("tiny", [*PROXIMAL, "update.staleness=1", f"{RC}rollout_is=sequence", f"{RC}rollout_is_threshold=0.5_5",
+                                  f"{RC}rollout_rs=token_k3,seq_mean_k3", f"{RC}rollout_rs_threshold=1e-3"])  # fmt: skip
+    rc = config.objective.rollout_correction
+    assert rc.rollout_is == "sequence" and rc.rollout_is_threshold == "0.5_5"  # a band, not YAML 1.1's 0.55
+    assert rc.rollout_rs_threshold == 0.001 and rc.rollout_rs == "token_k3,seq_mean_k3"
+    preset = tmp_path / "decoupled.yaml"
+    preset.write_text("include: tiny.yaml\nupdate: {old_logprobs: proximal}\nobjective:\n  rollout_correction:\n"
+                      "    rollout_is: token\n    rollout_is_threshold: 0.5_5\n    rollout_is_batch_normalize: true\n")
+    from sspo.trainer.config import PRESET_DIR
+
+    preset.write_text(preset.read_text().replace("tiny.yaml", str(PRESET_DIR / "tiny.yaml")))
+    rc = load_config(preset).objective.rollout_correction
+    assert rc.rollout_is_threshold == "0.5_5" and rc.rollout_is_batch_normalize is True
+    assert load_config("tiny", ["steps=1_000"]).steps == 1000  # numbers of number fields still take underscores
+    assert load_config("tiny", [f"{RC}rollout_is_threshold=3"]).objective.rollout_correction.rollout_is_threshold == 3.0
+    # a sampler of its own precision may be recomputed away when the gap is corrected for
+    assert load_config("tiny", ["rollout.sampler_dtype=bfloat16", "update.old_logprobs=recompute", f"{RC}rollout_is=token"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import typing
 
 import pytest
 import torch
@@ -47,7 +48,14 @@ UPDATE_FIELDS = {
     "update.epochs": ("test_epochs_repeat_the_pass_over_the_batch",),
     "update.micro_batch_size": ("test_micro_batches_split_the_forward_and_keep_the_gradient",),
     "update.staleness": ("test_staleness_samples_and_scores_with_the_policy_of_n_updates_ago",),
-    "update.old_logprobs": ("test_old_logprobs_source",),
+    "update.old_logprobs": ("test_old_logprobs_source", "test_proximal_old_logprobs_are_the_current_policys"),
+    "objective.rollout_correction.rollout_is": ("test_rollout_is_weights_the_terms",),
+    "objective.rollout_correction.rollout_is_threshold": ("test_rollout_is_threshold_truncates_or_bands_the_weights",),
+    "objective.rollout_correction.rollout_is_batch_normalize": ("test_rollout_is_batch_normalize_divides_by_the_mean",),
+    "objective.rollout_correction.rollout_rs": ("test_rollout_rs_rejects_and_micro_batches_count_what_it_keeps",),
+    "objective.rollout_correction.rollout_rs_threshold": ("test_rollout_rs_threshold_bounds_the_rejection",),
+    "objective.rollout_correction.bypass_mode": ("test_bypass_mode_centres_the_ratios_on_the_sampler",
+                                                 "test_bypass_rejection_counts_what_it_keeps_across_micro_batches"),
 }  # fmt: skip
 """Field → the tests that fail when the trainer ignores it."""
 
@@ -62,8 +70,19 @@ NO_UPDATE_EFFECT = {
 SECTIONS = {"objective": ObjectiveConfig, "optim": OptimConfig, "update": UpdateConfig}
 
 
+def _fields(cls, prefix: str):
+    """Dotted names of the fields of ``cls``, those of a nested section (``objective.rollout_correction``) included."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
 def test_every_field_has_a_test():
-    fields = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    fields = {name for section, cls in SECTIONS.items() for name in _fields(cls, f"{section}.")}
+    assert "objective.rollout_correction.rollout_is" in fields  # nested sections are counted field by field
     assert fields - set(UPDATE_FIELDS) - set(NO_UPDATE_EFFECT) == set(), "a field without a test or a reason"
     assert set(UPDATE_FIELDS) | set(NO_UPDATE_EFFECT) <= fields, "a stale entry"
     assert not set(UPDATE_FIELDS) & set(NO_UPDATE_EFFECT)
@@ -156,17 +175,25 @@ class Steps:
 
 
 def expected_grads(model, batch, idx=None, *, name="sspo", params=None, loss_agg_mode=None, kl_coef=0.0,
-                   kl_estimator="k3", entropy_coef=0.0, temperature=1.0) -> list[torch.Tensor]:  # fmt: skip
-    """The gradient of one update on rows ``idx`` computed here, with the values given."""
+                   kl_estimator="k3", entropy_coef=0.0, temperature=1.0, correction=None,
+                   micro=None, norms=None) -> list[torch.Tensor]:  # fmt: skip
+    """The gradient of one update on rows ``idx`` computed here, with the values given. ``correction``:
+    ``policy_loss``'s rollout-correction arguments, with the batch's sampler log-probs. ``micro`` rows
+    per forward, with the global counts ``norms`` (default: one forward, the loss counts itself)."""
     m = copy.deepcopy(model)
-    mb = batch.select(torch.arange(batch.input_ids.shape[0]) if idx is None else idx)
-    logp, entropy = response_logprobs(m, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
-                                      temperature=temperature, groups=mb["groups"])  # fmt: skip
-    out = sspo.policy_loss(name, logp, mb["old_log_probs"], mb["advantages"], mb["response_mask"],
-                           loss_agg_mode=loss_agg_mode, kl_coef=kl_coef, ref_log_probs=mb["ref_log_probs"],
-                           kl_estimator=kl_estimator, entropy=entropy, entropy_coef=entropy_coef,
-                           **(params or {}))  # fmt: skip
-    out.loss.backward()
+    rows = torch.arange(batch.input_ids.shape[0]) if idx is None else idx
+    extra = {} if correction is None else dict(correction)
+    for part in rows.split(micro or len(rows)):
+        mb = batch.select(part)
+        logp, entropy = response_logprobs(m, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
+                                          temperature=temperature, groups=mb["groups"])  # fmt: skip
+        if correction is not None:
+            extra["rollout_log_probs"] = mb["rollout_log_probs"]
+        out = sspo.policy_loss(name, logp, mb["old_log_probs"], mb["advantages"], mb["response_mask"],
+                               loss_agg_mode=loss_agg_mode, kl_coef=kl_coef, ref_log_probs=mb["ref_log_probs"],
+                               kl_estimator=kl_estimator, entropy=entropy, entropy_coef=entropy_coef,
+                               **(norms or {}), **extra, **(params or {}))  # fmt: skip
+        out.loss.backward()
     return [torch.zeros_like(p) if p.grad is None else p.grad for p in m.parameters()]
 
 
@@ -546,3 +573,138 @@ def test_max_consecutive_nonfinite_stops_after_that_many(tmp_path, monkeypatch):
             trainer._update(batch, rows)
         monkeypatch.setattr(loop_module, "policy_loss", real)
         assert all(torch.equal(start[k], v) for k, v in trainer.model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- objective.rollout_correction
+RC = "objective.rollout_correction."
+
+
+def _corrected_trainer(tmp_path, *overrides, old_logprobs="recompute"):
+    """A trainer whose old log-probs are not the sampler's, and the fixed batch (old = recompute + noise,
+    so the sampler's log-probs are 0.4-noise away from them) with its start weights."""
+    trainer = make_trainer(tmp_path, f"update.old_logprobs={old_logprobs}", *overrides)
+    start, batch = copy.deepcopy(trainer.model), fixed_batch(trainer)
+    gap = (batch.old_log_probs - batch.rollout_log_probs)[batch.response_mask].abs()
+    assert gap.max() > 0.5  # weights far from 1, so truncation, bands and rejection act
+    return trainer, start, batch
+
+
+def _one_update(trainer, batch):
+    """The gradient and metrics of one update on the whole fixed batch."""
+    steps = Steps(trainer)
+    metrics, outcome = trainer._update(batch, torch.arange(batch.input_ids.shape[0]))
+    assert outcome == "applied" and len(steps.grads) == 1
+    return steps.grads[0], metrics
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_rollout_is_weights_the_terms(tmp_path, level):
+    trainer, start, batch = _corrected_trainer(tmp_path, f"{RC}rollout_is={level}")
+    got, metrics = _one_update(trainer, batch)
+    assert_matches(got, expected_grads(start, batch, correction={"rollout_is": level}),
+                   expected_grads(start, batch))  # fmt: skip
+    assert metrics["rollout_corr/is_truncated_frac"] > 0 and metrics["rollout_corr/is_max"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("written", "value"), [("1.2", 1.2), ("0.7_1.5", "0.7_1.5")])
+def test_rollout_is_threshold_truncates_or_bands_the_weights(tmp_path, written, value):
+    trainer, start, batch = _corrected_trainer(tmp_path, f"{RC}rollout_is=token", f"{RC}rollout_is_threshold={written}")
+    assert trainer.config.objective.rollout_correction.rollout_is_threshold == value  # a band stays a string
+    got, metrics = _one_update(trainer, batch)
+    assert_matches(got, expected_grads(start, batch, correction={"rollout_is": "token", "rollout_is_threshold": value}),
+                   expected_grads(start, batch, correction={"rollout_is": "token"}))  # fmt: skip
+    if isinstance(value, str):  # IcePop: weights outside [0.7, 1.5] are zeroed, none truncated
+        assert 0 < metrics["rollout_corr/is_masked_frac"] < 1 and metrics["rollout_corr/is_max"] <= 1.5
+    else:
+        assert metrics["rollout_corr/is_max"] == pytest.approx(1.2)
+
+
+def test_rollout_is_batch_normalize_divides_by_the_mean(tmp_path):
+    trainer, start, batch = _corrected_trainer(tmp_path, f"{RC}rollout_is=token", f"{RC}rollout_is_batch_normalize=true")
+    got, metrics = _one_update(trainer, batch)
+    assert_matches(got, expected_grads(start, batch, correction={"rollout_is": "token", "rollout_is_batch_normalize": True}),
+                   expected_grads(start, batch, correction={"rollout_is": "token"}))  # fmt: skip
+    assert metrics["rollout_corr/is_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def _counts(mask):
+    return {"global_num_tokens": mask.sum(), "global_num_seqs": mask.any(-1).sum()}
+
+
+def test_rollout_rs_rejects_and_micro_batches_count_what_it_keeps(tmp_path):
+    rs = {"rollout_rs": "token_k1,seq_mean_k3", "rollout_rs_threshold": "1.6,0.09"}
+    trainer, start, batch = _corrected_trainer(tmp_path, f"{RC}rollout_rs=token_k1,seq_mean_k3",
+                                               f"{RC}rollout_rs_threshold=1.6,0.09", "update.micro_batch_size=3")  # fmt: skip
+    got, metrics = _one_update(trainer, batch)
+    assert 0 < metrics["rollout_corr/rs_masked_frac"] < 1 and 0 < metrics["rollout_corr/rs_seq_masked_frac"] < 1
+    full = expected_grads(start, batch, correction=rs)  # one forward: the loss counts the kept tokens itself
+    assert_matches(got, full, expected_grads(start, batch))
+    # micro-batches normalised by the response mask's counts, not the kept tokens', would be another gradient
+    uncorrected = expected_grads(start, batch, correction=rs, micro=3, norms=_counts(batch.response_mask))
+    assert rel(uncorrected, full) > 1e-3
+
+
+def test_rollout_rs_threshold_bounds_the_rejection(tmp_path):
+    trainer, start, batch = _corrected_trainer(tmp_path, f"{RC}rollout_rs=token_k1", f"{RC}rollout_rs_threshold=1.5")
+    got, metrics = _one_update(trainer, batch)
+    assert_matches(got, expected_grads(start, batch, correction={"rollout_rs": "token_k1", "rollout_rs_threshold": 1.5}),
+                   expected_grads(start, batch, correction={"rollout_rs": "token_k1", "rollout_rs_threshold": 3.0}))  # fmt: skip
+    gap = (batch.old_log_probs - batch.rollout_log_probs)[batch.response_mask].abs()
+    assert metrics["rollout_corr/rs_masked_frac"] == pytest.approx(float((gap > math.log(1.5)).float().mean()), abs=1e-6)
+
+
+def test_bypass_mode_centres_the_ratios_on_the_sampler(tmp_path):
+    trainer, start, batch = _corrected_trainer(tmp_path, f"{RC}bypass_mode=true", old_logprobs="sampler")
+    got, metrics = _one_update(trainer, batch)
+    assert_matches(got, expected_grads(start, batch, correction={"bypass_mode": True}), expected_grads(start, batch))
+    assert metrics["ratio/max"] < 1 + 1e-4 and metrics["ratio/min"] > 1 - 1e-4  # the sampler is this policy
+
+
+def test_bypass_rejection_counts_what_it_keeps_across_micro_batches(tmp_path):
+    """The rejection depends on the current policy here: the trainer counts the kept tokens with a no-grad
+    forward before the micro-batches (token-mean: the global token count is every micro-batch's divisor)."""
+    rs = {"bypass_mode": True, "rollout_rs": "token_k1", "rollout_rs_threshold": 1.5}
+    loss = {"name": "grpo", "loss_agg_mode": "token-mean"}
+    trainer, start, batch = _corrected_trainer(tmp_path, f"{RC}bypass_mode=true", f"{RC}rollout_rs=token_k1",
+                                               f"{RC}rollout_rs_threshold=1.5", "update.micro_batch_size=3",
+                                               "objective.name=grpo", "objective.loss_agg_mode=token-mean",
+                                               old_logprobs="sampler")  # fmt: skip
+    noise = 0.4 * torch.randn(batch.rollout_log_probs.shape, generator=torch.Generator().manual_seed(3))
+    batch.rollout_log_probs = torch.where(batch.response_mask, batch.rollout_log_probs + noise, torch.zeros(()))
+    got, metrics = _one_update(trainer, batch)
+    assert 0 < metrics["rollout_corr/rs_masked_frac"] < 1
+    full = expected_grads(start, batch, correction=rs, **loss)
+    assert_matches(got, full, expected_grads(start, batch, correction={"bypass_mode": True}, **loss))
+    uncorrected = expected_grads(start, batch, correction=rs, micro=3, norms=_counts(batch.response_mask), **loss)
+    assert rel(uncorrected, full) > 1e-3
+
+
+def test_proximal_old_logprobs_are_the_current_policys(tmp_path, monkeypatch):
+    """Decoupled PPO: with staleness 1 the ratios are centred on the policy at the start of the step's
+    updates, and the loss gets the sampler's (one update older) log-probs as ``rollout_log_probs``."""
+    trainer = make_trainer(tmp_path, "update.old_logprobs=proximal", "update.staleness=1", f"{RC}rollout_is=token",
+                           "update.mini_batches=1", "optim.lr=0.01")  # fmt: skip
+    calls = []
+    real = loop_module.policy_loss
+
+    def spy(name, log_probs, old_log_probs, *args, **kwargs):
+        calls.append((old_log_probs.clone(), kwargs["rollout_log_probs"].clone(), kwargs["rollout_is"]))
+        return real(name, log_probs, old_log_probs, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "policy_loss", spy)
+    policies = [copy.deepcopy(trainer.model.state_dict())]
+    rec = _run_steps(trainer, monkeypatch, 3)
+    policies += rec["after"]
+    assert [m["update/applied"] for m in rec["metrics"]] == [1, 1, 1] and len(calls) == 3
+    batch = rec["batches"][2]  # step 3: sampled by the policy after 1 update, trained from the one after 2
+    stale, current = copy.deepcopy(trainer.model), copy.deepcopy(trainer.model)
+    stale.load_state_dict(policies[1])
+    current.load_state_dict(policies[2])
+    old, rollout, level = calls[2]
+    rows, width = rec["rows"][2], old.shape[1]  # the loss sees the mini-batch's rows, trimmed to their longest
+    assert level == "token"
+    torch.testing.assert_close(old, _logprobs(current, batch)[rows, :width], rtol=0, atol=1e-6)
+    assert (rollout - _logprobs(stale, batch)[rows, :width]).abs().max() < 1e-4  # the sampler's own log-probs
+    assert (rollout - old).abs().max() > 1e-3
+    assert rec["metrics"][2]["ratio/first_update_max_dev"] < 1e-5  # centred on the current policy
+    assert rec["metrics"][2]["rollout_corr/kl"] != 0 and "rollout_corr/is_mean" in rec["metrics"][2]

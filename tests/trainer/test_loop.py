@@ -175,3 +175,67 @@ def test_resume_after_the_final_evaluation_was_logged_does_not_log_it_twice(tmp_
     assert _comparable(rows) == _comparable(read_metrics(whole))
     assert sum("eval/accuracy" in r and r["step"] == 2 for r in rows) == 1
     assert (broken / "metrics.replayed.jsonl").read_text().count('"eval/accuracy"') == 1
+
+
+RC = "objective.rollout_correction."
+
+
+def test_decoupled_ppo_with_staleness_trains_and_logs_the_correction(tmp_path):
+    """``update.old_logprobs=proximal`` + staleness + ``rollout_is``: a whole run, its correction in metrics.jsonl."""
+    config = tiny_config(tmp_path, "steps=3", "update.staleness=2", "update.old_logprobs=proximal", f"{RC}rollout_is=token",
+                         f"{RC}rollout_rs=token_k1", f"{RC}rollout_rs_threshold=10", "optim.lr=1e-2")  # fmt: skip
+    summary = Trainer(config, log=lambda *a: None).run()
+    assert summary["steps"] == 3
+    rows = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert len(rows) == 3 and all(r["update/applied"] == 2 for r in rows)
+    assert rows[0]["rollout_corr/kl"] == pytest.approx(0.0, abs=1e-5)  # step 1: the sampler is the current policy
+    assert abs(rows[2]["rollout_corr/kl"]) > 1e-4 and rows[2]["rollout_corr/is_max"] != pytest.approx(1.0, abs=1e-4)
+    assert all(r["ratio/first_update_max_dev"] < 1e-5 for r in rows)  # centred on the policy the step starts from
+    assert {"rollout_corr/is_mean", "rollout_corr/is_min", "rollout_corr/rs_masked_frac"} <= set(rows[2])
+
+
+@pytest.mark.parametrize("overrides", [(), ("update.staleness=1", "optim.lr=1e-2"), ("rollout.sampler_dtype=bfloat16",)])
+def test_without_a_correction_or_old_logprobs_of_their_own_the_loss_call_is_unchanged(tmp_path, monkeypatch, overrides):
+    """No correction asked and the old log-probs the sampler's: policy_loss gets no rollout argument, and
+    no ``rollout_corr/*`` metric appears (the update is today's, value for value)."""
+    from sspo.trainer import loop
+
+    seen = []
+    real = loop.policy_loss
+
+    def spy(*args, **kwargs):
+        seen.append(sorted(k for k in kwargs if "rollout" in k or k == "bypass_mode"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "policy_loss", spy)
+    trainer = Trainer(tiny_config(tmp_path, *overrides), log=lambda *a: None)
+    assert not trainer.pass_rollout
+    metrics = [trainer.train_step(step) for step in (1, 2)]
+    assert seen and all(keys == [] for keys in seen)
+    assert not any(k.startswith("rollout_corr/") for m in metrics for k in m)
+
+
+def test_handing_the_sampler_logprobs_over_without_a_correction_changes_no_value(tmp_path, monkeypatch):
+    """``update.old_logprobs=recompute`` passes the sampler's log-probs (``rollout_corr/kl`` is logged);
+    with no correction asked every other metric equals that of the call without them."""
+    from sspo.trainer import loop
+
+    def run(out, strip):
+        real = loop.policy_loss
+
+        def call(*args, **kwargs):
+            if strip:
+                for key in ("rollout_log_probs", "rollout_is", "rollout_is_threshold", "rollout_is_batch_normalize",
+                            "rollout_rs", "rollout_rs_threshold", "bypass_mode"):  # fmt: skip
+                    kwargs.pop(key)
+            return real(*args, **kwargs)
+
+        with monkeypatch.context() as m:
+            m.setattr(loop, "policy_loss", call)
+            trainer = Trainer(tiny_config(out, "update.old_logprobs=recompute", "optim.lr=1e-2"), log=lambda *a: None)
+            assert trainer.pass_rollout
+            return [{k: v for k, v in trainer.train_step(s).items() if not k.startswith(TIMING)} for s in (1, 2)]
+
+    handed, plain = run(tmp_path / "a", strip=False), run(tmp_path / "b", strip=True)
+    assert all("rollout_corr/kl" in r and abs(r["rollout_corr/kl"]) < 1e-4 for r in handed)
+    assert [{k: v for k, v in r.items() if k != "rollout_corr/kl"} for r in handed] == plain

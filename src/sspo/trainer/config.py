@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,15 +22,24 @@ TASK_REWARDS = ("answer", "answer_and_work", "partial")
 """Training rewards of ``task.reward`` (``answer_and_work``: math tasks only; ``partial``: code tasks only)."""
 SFT_SCHEDULES = ("cosine", "linear", "constant")
 """Learning-rate schedules of supervised training (``warm_start.schedule``)."""
-OLD_LOGPROBS = ("auto", "recompute", "sampler")
-"""Sources of the behaviour log-probs (``update.old_logprobs``)."""
+OLD_LOGPROBS = ("auto", "recompute", "sampler", "proximal")
+"""Sources of the old log-probs the ratios are centred on (``update.old_logprobs``)."""
 SAMPLER_DTYPES = ("same", "float32", "bfloat16", "float16")
 """Precisions the sampler may run in (``rollout.sampler_dtype``)."""
 TRUNCATED = ("drop", "zero", "score")
 """What happens to responses cut off at ``max_new_tokens`` (``rollout.truncated``)."""
 
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: ~10x faster
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when PyYAML has it: ~10x faster
+    """The safe loader with YAML 1.2's numbers: no underscores, so ``0.5_5`` (an IcePop band of
+    ``objective.rollout_correction``) stays a string instead of becoming YAML 1.1's 0.55."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, re.compile(r"^(?!.*_)" + regexp.pattern.removeprefix("^"), regexp.flags))
+                if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") else (tag, regexp)
+                for tag, regexp in resolvers]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }  # fmt: skip
 
 
 def _yaml(text: str):
@@ -104,6 +114,32 @@ class RolloutConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """``objective.rollout_correction``: verl's ``algorithm.rollout_correction`` (docs/objectives.md,
+    "Rollout corrections"), applied between the old log-probs (``update.old_logprobs``) and the
+    sampler's. All off by default."""
+
+    rollout_is: str | None = None
+    """Importance weight ``π_old/π_sampler`` on the objective's terms: ``token``, ``sequence`` (the
+    product over the response) or none. Needs old log-probs of their own: ``update.old_logprobs``
+    ``proximal`` (decoupled PPO) or ``recompute``."""
+    rollout_is_threshold: float | str = 2.0
+    """A number ``U`` truncates the weight at ``U`` (TIS); ``"L_U"`` (e.g. ``0.5_5.0``) zeroes every
+    weight outside ``[L, U]`` (IcePop)."""
+    rollout_is_batch_normalize: bool = False
+    """Divide the weights by their batch mean (per token or per sequence); needs ``rollout_is``."""
+    rollout_rs: str | None = None
+    """Rejection sampling: comma-separated criteria (``token_k1``, ``seq_mean_k3``, ... of
+    ``sspo.ROLLOUT_RS``), all of which a token must pass; a rejected token leaves the loss and its counts."""
+    rollout_rs_threshold: float | str | None = None
+    """The rejection bounds: one for every criterion or one per criterion, comma-separated
+    (``k1``: ``"L_U"`` or ``U`` for ``[1/U, U]``; ``k2``/``k3``: an upper bound). Needs ``rollout_rs``."""
+    bypass_mode: bool = False
+    """Centre the objective on the sampler's log-probs themselves (no old log-probs: ``update.old_logprobs``
+    ``sampler`` or ``auto``); ``rollout_rs`` still rejects, by the current policy's distance to the sampler."""
+
+
+@dataclass
 class ObjectiveConfig:
     name: str = "sspo"
     """Objective: one of ``sspo.OBJECTIVES``."""
@@ -119,6 +155,9 @@ class ObjectiveConfig:
     """KL estimator: ``k1``, ``k2`` or ``k3``."""
     entropy_coef: float = 0.0
     """Entropy bonus: ``loss -= entropy_coef · H``."""
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    """Importance weights and rejection for samples the sampler drew from another policy than the one
+    the ratios are centred on (staleness, a sampler of its own precision); verl's names."""
 
 
 @dataclass
@@ -153,11 +192,14 @@ class UpdateConfig:
     """An update whose loss or gradient is not finite is skipped (no optimizer or scheduler step; counted
     in ``update/skipped_nonfinite``); after this many in a row the run stops with an error."""
     old_logprobs: str = "auto"
-    """Behaviour log-probs of the ratios: ``recompute`` (a no-grad forward of the behaviour policy over
-    the batch after sampling), ``sampler`` (the sampler's own, no extra forward; the first mini-batch
-    of a fresh rollout takes its own detached log-probs, so its ratios are exactly 1), or ``auto``:
-    ``sampler`` in float32, where sampler and trainer agree to ~1e-5, else ``recompute`` (in bf16 they
-    differ by up to ~0.2 at the worst token)."""
+    """Old log-probs the ratios are centred on: ``recompute`` (a no-grad forward of the behaviour policy
+    over the batch after sampling), ``sampler`` (the sampler's own, no extra forward; the first mini-batch
+    of a fresh rollout takes its own detached log-probs, so its ratios are exactly 1), ``proximal``
+    (decoupled PPO: a no-grad forward of the *current* policy at the start of the step's updates; the
+    sampler's log-probs then go to ``objective.rollout_correction``), or ``auto``: ``sampler`` in
+    float32, where sampler and trainer agree to ~1e-5, else ``recompute`` (in bf16 they differ by up to
+    ~0.2 at the worst token). Whenever they are not the sampler's (``recompute``, ``proximal``), the
+    sampler's are handed to the loss as ``rollout_log_probs`` too (``rollout_corr/kl`` is logged)."""
 
 
 @dataclass
@@ -237,6 +279,8 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        if isinstance(value, str) and str in args and ("_" in value or "," in value):
+            return value  # a band ("0.5_5.0") or a list ("2.0,0.01"), never Python's float("0.5_5") == 0.55
         errors = []
         for arg in args:
             if arg is type(None):
@@ -451,8 +495,10 @@ def validate(config: TrainConfig) -> None:
              f"must be >= 1 or none, got {r.reward_workers}")  # fmt: skip
     _require(r.sampler_dtype in SAMPLER_DTYPES, "rollout.sampler_dtype",
              f"{r.sampler_dtype!r} is not one of {', '.join(SAMPLER_DTYPES)}")  # fmt: skip
-    _require(r.sampler_dtype == "same" or u.old_logprobs != "recompute", "rollout.sampler_dtype",
-             "a sampler of its own precision needs its own behaviour log-probs: set update.old_logprobs=auto or sampler")  # fmt: skip
+    corrected = o.rollout_correction.rollout_is is not None or o.rollout_correction.rollout_rs is not None
+    _require(r.sampler_dtype == "same" or u.old_logprobs != "recompute" or corrected, "rollout.sampler_dtype",
+             "a sampler of its own precision needs its own behaviour log-probs: set update.old_logprobs=auto or "
+             "sampler, or correct for it (objective.rollout_correction.rollout_is or rollout_rs)")  # fmt: skip
     _require(r.truncated in TRUNCATED, "rollout.truncated", f"{r.truncated!r} is not one of {', '.join(TRUNCATED)}")
     _require(0 <= r.max_reward_error_frac <= 1, "rollout.max_reward_error_frac",
              f"must be in [0, 1], got {r.max_reward_error_frac}")  # fmt: skip
@@ -464,7 +510,9 @@ def validate(config: TrainConfig) -> None:
              f"{o.kl_estimator!r} is not one of {', '.join(sspo.KL_ESTIMATORS)}")  # fmt: skip
     _require(o.loss_agg_mode is None or o.loss_agg_mode in sspo.AGG_MODES, "objective.loss_agg_mode",
              f"{o.loss_agg_mode!r} is not one of {', '.join(sspo.AGG_MODES)}")  # fmt: skip
+    _check_agg_mode(o)
     _check_objective_params(o)
+    _check_rollout_correction(config)
     _require(p.lr > 0, "optim.lr", f"must be > 0, got {p.lr}")
     _require(p.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {p.weight_decay}")
     _require(all(0 <= b < 1 for b in p.betas), "optim.betas", f"must be in [0, 1), got {p.betas}")
@@ -482,6 +530,11 @@ def validate(config: TrainConfig) -> None:
              f"must be >= 1, got {u.max_consecutive_nonfinite}")  # fmt: skip
     _require(u.old_logprobs in OLD_LOGPROBS, "update.old_logprobs",
              f"{u.old_logprobs!r} is not one of {', '.join(OLD_LOGPROBS)}")  # fmt: skip
+    gap = "update.staleness" if u.staleness else "rollout.sampler_dtype" if r.sampler_dtype != "same" else None
+    _require(u.old_logprobs != "proximal" or gap is None or corrected, "update.old_logprobs",
+             f"proximal centres the ratios on the current policy, so the sampler's distance to it ({gap}) would "
+             "go uncorrected: add objective.rollout_correction.rollout_is=token (decoupled PPO) or rollout_rs, "
+             "or set update.old_logprobs=sampler")  # fmt: skip
     _require(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
     _require(e.num_problems >= 1, "eval.num_problems", f"must be >= 1, got {e.num_problems}")
     _require(e.pass_k >= 0, "eval.pass_k", f"must be >= 0, got {e.pass_k}")
@@ -593,6 +646,58 @@ def _check_task_options(name: str, options: dict) -> None:
         if key is None:  # a message that does not start with the option's name (SyntheticConfig's own)
             raise ConfigError(f"task.options: {message}") from None
         raise ConfigError(f"task.options.{key}:{message[len(key) + 1:]}") from None
+
+
+def _check_agg_mode(o: ObjectiveConfig) -> None:
+    """``objective.loss_agg_mode`` is one the objective takes (``sspo.get_objective(name).agg_modes``);
+    the error gives the objective's own reason (sequence-level, or a length weighting of its own)."""
+    import torch
+
+    import sspo
+
+    if o.loss_agg_mode is None or o.loss_agg_mode in sspo.get_objective(o.name).agg_modes:
+        return
+    lp = torch.zeros(1, 2)
+    try:
+        sspo.policy_loss(o.name, lp, lp, torch.ones(1), torch.ones(1, 2, dtype=torch.bool), loss_agg_mode=o.loss_agg_mode)
+    except ValueError as exc:
+        raise ConfigError(f"objective.loss_agg_mode: {exc}") from None
+    raise ConfigError(f"objective.loss_agg_mode: {o.loss_agg_mode!r} is not one of "
+                      f"{', '.join(sspo.get_objective(o.name).agg_modes)}")  # fmt: skip
+
+
+def _check_rollout_correction(config: TrainConfig) -> None:
+    """Each field of ``objective.rollout_correction`` on its own (the parsers of
+    :mod:`sspo.objectives.rollout_correction` name what is wrong), then against ``update.old_logprobs``."""
+    from ..objectives.rollout_correction import ROLLOUT_IS, parse_is_threshold, parse_rs
+
+    rc, mode = config.objective.rollout_correction, config.update.old_logprobs
+    name = "objective.rollout_correction."
+    _require(rc.rollout_is is None or rc.rollout_is in ROLLOUT_IS, f"{name}rollout_is",
+             f"{rc.rollout_is!r} is not one of none, {', '.join(ROLLOUT_IS)}")  # fmt: skip
+    try:
+        parse_is_threshold(rc.rollout_is_threshold)
+    except ValueError as exc:
+        raise ConfigError(f"{name}rollout_is_threshold: {exc}") from None
+    _require(not rc.rollout_is_batch_normalize or rc.rollout_is is not None, f"{name}rollout_is_batch_normalize",
+             "normalizes the importance weights, and there are none: set rollout_is too")  # fmt: skip
+    _require(rc.rollout_rs is not None or rc.rollout_rs_threshold is None, f"{name}rollout_rs_threshold",
+             f"{rc.rollout_rs_threshold!r} bounds no criterion: set rollout_rs too")  # fmt: skip
+    if rc.rollout_rs is not None:
+        try:
+            parse_rs(rc.rollout_rs, rc.rollout_rs_threshold)
+        except ValueError as exc:
+            message = str(exc)
+            bad = "rollout_rs_threshold" if "rollout_rs_threshold" in message else "rollout_rs"
+            raise ConfigError(f"{name}{bad}: {message.removeprefix(f'{bad}: ')}") from None
+    _require(not rc.bypass_mode or mode in ("auto", "sampler"), f"{name}bypass_mode",
+             f"centres the objective on the sampler's log-probs, so update.old_logprobs={mode} would compute old "
+             "log-probs that are never used: set update.old_logprobs=sampler")  # fmt: skip
+    asked = "rollout_is" if rc.rollout_is is not None else "rollout_rs" if rc.rollout_rs is not None else None
+    _require(asked is None or rc.bypass_mode or mode in ("recompute", "proximal"), f"{name}{asked}",
+             f"corrects from the sampler to the old log-probs, and update.old_logprobs={mode} takes those from the "
+             "sampler (the weights would all be 1): set update.old_logprobs=proximal (decoupled PPO) or "
+             "recompute, or bypass_mode=true")  # fmt: skip
 
 
 def _check_objective_params(o: ObjectiveConfig) -> None:

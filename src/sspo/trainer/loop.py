@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from ..models.loading import ModelUnavailableError
-from ..objectives import policy_loss
+from ..objectives import policy_loss, rollout_correction
 from ..tasks import DatasetUnavailableError, load_task
 from .checkpoint import (
     apply_checkpoint,
@@ -42,7 +42,7 @@ from .config import ConfigError, TrainConfig, check_out_dir, split_overlap, to_d
 from .evaluate import evaluate
 from .metrics_log import MetricsLogger, Progress, truncate_metrics
 from .plots import plot_run
-from .policy import response_logprobs
+from .policy import response_logprobs, response_logprobs_no_grad
 from .quiet import hf_progress_bars_off
 from .rewards import task_reward
 from .rollout import logprob_mismatch, make_rollout
@@ -180,8 +180,21 @@ class Trainer:
         self.sampler_dtype = None if sampler_dtype in ("same", str(self.dtype).removeprefix("torch.")) else getattr(torch, sampler_dtype)
         """The train–inference mismatch: the sampler's own precision (``None``: it is the trained model's)."""
         self.sampler_copy = None
-        self.recompute_old = self.sampler_dtype is None and (
-            mode == "recompute" or (mode == "auto" and self.dtype != torch.float32))
+        rc = config.objective.rollout_correction
+        if mode == "auto":  # bypass and a sampler of its own precision centre on the sampler's log-probs
+            own_sampler = rc.bypass_mode or self.sampler_dtype is not None or self.dtype == torch.float32
+            mode = "sampler" if own_sampler else "recompute"
+        self.old_logprobs = mode
+        """``update.old_logprobs`` resolved: ``sampler``, ``recompute`` or ``proximal``."""
+        self.recompute_old = mode == "recompute"
+        self.correction = {"rollout_is": rc.rollout_is, "rollout_is_threshold": rc.rollout_is_threshold,
+                           "rollout_is_batch_normalize": rc.rollout_is_batch_normalize, "rollout_rs": rc.rollout_rs,
+                           "rollout_rs_threshold": rc.rollout_rs_threshold, "bypass_mode": rc.bypass_mode}  # fmt: skip
+        """``policy_loss``'s rollout-correction arguments (``objective.rollout_correction``)."""
+        asked = rc.rollout_is is not None or rc.rollout_rs is not None or rc.bypass_mode
+        self.pass_rollout = asked or mode in ("recompute", "proximal")
+        """Whether the loss gets the sampler's log-probs as ``rollout_log_probs``: a correction is asked
+        for, or the old log-probs are not the sampler's (with neither, the call is the plain one)."""
         self.total_updates = config.steps * self.updates_per_step
         o = config.optim
         # fused: one kernel for all parameters (about 6x faster than foreach for a 0.8M model on CPU)
@@ -322,7 +335,7 @@ class Trainer:
             temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
             advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
             backend=c.rollout.backend, reference=self.reference, recompute=self.recompute_old,
-            truncated=c.rollout.truncated,
+            truncated=c.rollout.truncated, proximal=self.model if self.old_logprobs == "proximal" else None,
         )  # fmt: skip
         self._check_rewards(step, batch.metrics)
         t_rollout = time.perf_counter() - t0
@@ -332,7 +345,7 @@ class Trainer:
         for epoch in range(c.update.epochs):
             for idx in self.mini_batches(step, epoch, batch.input_ids.shape[0]):
                 # without a recompute, the policy is its own behaviour policy until its first applied update
-                own = (counts["applied"] == 0 and not self.recompute_old and self.behaviour is None
+                own = (counts["applied"] == 0 and self.old_logprobs == "sampler" and self.behaviour is None
                        and self.sampler_dtype is None)
                 metrics, outcome = self._update(batch, idx, old_from_self=own)
                 counts[outcome] += 1
@@ -372,10 +385,17 @@ class Trainer:
         c = self.config
         o = c.objective
         mask = batch.response_mask[idx]
+        micro = c.update.micro_batch_size or len(idx)
+        bypass, rejects = self.correction["bypass_mode"], self.correction["rollout_rs"] is not None
+        if rejects and not bypass:  # the tokens the rejection keeps, known before any forward
+            mask = self._kept(batch.old_log_probs[idx], batch, idx)
         if not self._has_signal(batch.advantages[idx], mask):
             return None, "skipped_zero_signal"
         norms = {"global_num_tokens": mask.sum(), "global_num_seqs": mask.any(-1).sum()}
-        micro = c.update.micro_batch_size or len(idx)
+        if rejects and bypass:  # rejection by the current policy's distance to the sampler
+            norms = (dict.fromkeys(norms) if micro >= len(idx)  # one forward: the loss counts them itself
+                     else self._bypass_norms(batch, idx, micro))  # fmt: skip
+        extra = {"rollout_log_probs": None, **self.correction} if self.pass_rollout else {}
         collected = _StepStats()
         finite = torch.ones((), dtype=torch.bool, device=mask.device)
         drift = []
@@ -388,13 +408,17 @@ class Trainer:
                 collected.add({"rollout/logprob_mismatch_max": logprob_mismatch(own, mb["old_log_probs"], mb["response_mask"])})
                 batch.old_log_probs[part, : own.shape[1]] = own
                 mb["old_log_probs"] = own
+            if extra:
+                extra["rollout_log_probs"] = mb["rollout_log_probs"]
             out = policy_loss(
                 o.name, logp, mb["old_log_probs"], mb["advantages"], mb["response_mask"],
                 loss_agg_mode=o.loss_agg_mode, kl_coef=o.kl_coef, ref_log_probs=mb["ref_log_probs"],
                 kl_estimator=o.kl_estimator, entropy=entropy, entropy_coef=o.entropy_coef, **norms, **o.params,
+                **extra,
             )  # fmt: skip
             out.loss.backward()
-            drift.append((logp.detach().float() - mb["old_log_probs"].float())[mb["response_mask"]].abs())
+            centre = mb["rollout_log_probs"] if bypass else mb["old_log_probs"]
+            drift.append((logp.detach().float() - centre.float())[mb["response_mask"]].abs())
             finite = finite & torch.isfinite(out.loss.detach())
             collected.add({**out.metrics, "loss": out.loss.detach()})
         clip = c.optim.grad_clip if c.optim.grad_clip > 0 else float("inf")
@@ -418,17 +442,38 @@ class Trainer:
                                 f"non-finite loss or gradient (step {self.step}); the weights were left as they were "
                                 "before the first of them. Lower optim.lr, check the data, or raise the limit")  # fmt: skip
         metrics = {k: torch.stack(v).float().mean() for k, v in collected.values.items()}
-        for key in ("ratio/max", "seq_weight/max", "rollout/logprob_mismatch_max"):
+        for key in ("ratio/max", "seq_weight/max", "rollout/logprob_mismatch_max", "rollout_corr/is_max"):
             if key in collected.values:
                 metrics[key] = torch.stack(collected.values[key]).max()
-        for key in ("ratio/min", "seq_weight/min"):
-            metrics[key] = torch.stack(collected.values[key]).min()
+        for key in ("ratio/min", "seq_weight/min", "rollout_corr/is_min"):
+            if key in collected.values:
+                metrics[key] = torch.stack(collected.values[key]).min()
         metrics["grad_norm"] = grad_norm.detach()
         drift = torch.cat(drift)
         if drift.numel():  # |Δ| quantiles over the update's valid tokens (the log-ratio the objective sees, unclamped)
             metrics["drift/abs_log_ratio_p50"], metrics["drift/abs_log_ratio_p99"] = torch.quantile(
                 drift, torch.tensor([0.5, 0.99], dtype=drift.dtype, device=drift.device))
         return metrics, "applied" if applied else "skipped_nonfinite"
+
+    def _kept(self, centre: torch.Tensor, batch, idx: torch.Tensor) -> torch.Tensor:
+        """``[len(idx), T]``: the response tokens of rows ``idx`` that ``rollout_rs`` keeps, with the
+        ratios centred on ``centre`` (what :func:`sspo.rollout_correction` gives the loss)."""
+        options = {k: self.correction[k] for k in ("rollout_rs", "rollout_rs_threshold")}
+        return rollout_correction(centre, batch.rollout_log_probs[idx], batch.response_mask[idx], **options).mask
+
+    def _bypass_norms(self, batch, idx: torch.Tensor, micro: int) -> dict:
+        """The global token and sequence counts of a micro-batched update in bypass mode with
+        ``rollout_rs``: the rejection depends on the current policy, so a no-grad forward of the
+        mini-batch (``micro`` rows at a time) gives the tokens it keeps before the first backward."""
+        c = self.config
+        current = torch.zeros_like(batch.rollout_log_probs[idx])
+        for start, part in zip(range(0, len(idx), micro), idx.split(micro), strict=True):
+            mb = batch.select(part)
+            logp = response_logprobs_no_grad(self.model, mb["input_ids"], mb["attention_mask"], mb["response_ids"],
+                                             temperature=c.rollout.temperature, groups=mb["groups"])  # fmt: skip
+            current[start : start + len(part), : logp.shape[1]] = logp
+        kept = self._kept(current, batch, idx)
+        return {"global_num_tokens": kept.sum(), "global_num_seqs": kept.any(-1).sum()}
 
     # ------------------------------------------------------------------ the run
     def _require_finite_weights(self, what: str) -> None:

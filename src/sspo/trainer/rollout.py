@@ -24,7 +24,8 @@ class RolloutBatch:
     response_ids: Tensor
     response_mask: Tensor
     old_log_probs: Tensor
-    """Behaviour policy's log-probs: recomputed with the training forward, or the sampler's."""
+    """Log-probs the ratios are centred on: the behaviour policy's recomputed with the training forward,
+    the sampler's, or the current (proximal) policy's (``update.old_logprobs``)."""
     advantages: Tensor
     rewards: Tensor
     groups: Tensor | None = None
@@ -32,6 +33,8 @@ class RolloutBatch:
     ref_log_probs: Tensor | None = None
     completions: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    rollout_log_probs: Tensor | None = None
+    """The sampler's own log-probs (0 where masked): the ``rollout_log_probs`` of a rollout correction."""
 
     def select(self, idx: Tensor) -> dict[str, Tensor]:
         """The tensors of rows ``idx``, trimmed to their longest response."""
@@ -47,6 +50,7 @@ class RolloutBatch:
             "advantages": self.advantages[idx],
             "ref_log_probs": None if self.ref_log_probs is None else self.ref_log_probs[idx][:, :width],
             "groups": None if self.groups is None else self.groups[idx],
+            "rollout_log_probs": None if self.rollout_log_probs is None else self.rollout_log_probs[idx][:, :width],
         }
 
 
@@ -81,10 +85,13 @@ def make_rollout(
     reference=None,
     recompute: bool = True,
     truncated: str = "drop",
+    proximal=None,
 ) -> RolloutBatch:
     """Sample ``G`` responses per problem with ``behaviour``, score them with the task's training reward
     (:meth:`TaskReward.score_batch`), compute advantages. ``recompute``: behaviour log-probs from a no-grad
-    training forward of ``behaviour`` (else the sampler's own). ``truncated``: responses with no EOS
+    training forward of ``behaviour`` (else the sampler's own). ``proximal``: a model (the current
+    policy) whose no-grad forward gives the old log-probs instead (decoupled PPO). The sampler's own
+    log-probs are kept as ``rollout_log_probs`` whatever the old ones are. ``truncated``: responses with no EOS
     within ``max_new_tokens`` are ``drop``-ped (no loss, left out of their group's advantage
     statistics, reward logged as 0), get reward 0 (``zero``), or are graded as they are (``score``)."""
     prompt_ids = [ids for ids in encode_prompts(problems, tokenizer, template) for _ in range(samples_per_prompt)]
@@ -108,10 +115,12 @@ def make_rollout(
         mask = mask & keep[:, None]  # DAPO's overlong filtering: a dropped response has no loss term
     groups = torch.arange(len(prompt_ids), device=mask.device) // samples_per_prompt
     old = out.old_log_probs
-    if recompute:
-        old = response_logprobs_no_grad(behaviour, out.input_ids, out.attention_mask, out.response_ids,
-                                        temperature=temperature, groups=groups)  # fmt: skip
+    if recompute or proximal is not None:
+        old = response_logprobs_no_grad(behaviour if proximal is None else proximal, out.input_ids,
+                                        out.attention_mask, out.response_ids, temperature=temperature,
+                                        groups=groups)  # fmt: skip
     old = torch.where(mask, old, torch.zeros_like(old))
+    sampler_log_probs = torch.where(mask, out.old_log_probs, torch.zeros_like(out.old_log_probs))
     ref = None
     if reference is not None:
         ref = response_logprobs_no_grad(reference, out.input_ids, out.attention_mask, out.response_ids,
@@ -126,10 +135,10 @@ def make_rollout(
         "rollout/truncated_frac": float(cut.float().mean()),
         "rollout/tokens": float(lengths.sum()),
     }
-    if recompute:
+    if recompute and proximal is None:
         metrics["rollout/logprob_mismatch_max"] = logprob_mismatch(old, out.old_log_probs, mask)
     return RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
-                        groups, ref, completions, metrics)  # fmt: skip
+                        groups, ref, completions, metrics, sampler_log_probs)  # fmt: skip
 
 
 def truncated_rows(response_ids: Tensor, response_mask: Tensor, eos_token_id: int | None) -> Tensor:
