@@ -258,3 +258,19 @@ def test_checkpoint_state_is_read_onto_the_cpu(finished, tmp_path, monkeypatch):
     checkpoint = read_checkpoint(checkpoint_dirs(_copy(finished, tmp_path))[-1])
     assert seen.get("map_location") == "cpu" and seen.get("weights_only") is True
     assert all(v.device.type == "cpu" for v in checkpoint["state"]["optimizer"]["state"][0].values() if torch.is_tensor(v))
+
+
+def test_a_fresh_run_over_one_that_wrote_no_checkpoint_starts_its_own_metrics(tmp_path):
+    """An earlier run in the folder stopped before its first checkpoint: the new run's ``metrics.jsonl``
+    holds its own rows only, and the old rows are kept as ``metrics.previous.jsonl``."""
+    run = tmp_path / "run"
+    run.mkdir()
+    old_rows = [{"step": 1, "loss": 123.0}, {"step": 2, "loss": 456.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old_rows))
+    lines = []
+    Trainer(tiny_config(run, "steps=2"), log=lines.append).run()
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(r.get("loss") not in (123.0, 456.0) for r in rows)
+    previous = [json.loads(line) for line in (run / "metrics.previous.jsonl").read_text().splitlines()]
+    assert previous == old_rows
+    assert any("set aside as metrics.previous.jsonl" in line for line in lines)

@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, check_out_dir, split_overlap, to_dict, validate
 from .evaluate import evaluate
-from .metrics_log import MetricsLogger, Progress, truncate_metrics
+from .metrics_log import MetricsLogger, Progress, set_metrics_aside, truncate_metrics
 from .plots import plot_run
 from .policy import response_logprobs, response_logprobs_no_grad
 from .quiet import hf_progress_bars_off
@@ -231,7 +231,8 @@ class Trainer:
             log(f"resumed {self.run_dir} at step {self.step} ({moved} later metric rows will be re-run)")
         elif self.behaviour is not None:
             self.history.append(self._snapshot())
-        self.logger = MetricsLogger(self.run_dir, purge_step=self.step + 1 if self.step else None)
+        fresh_over_old = not resume and set_metrics_aside(self.run_dir, log)
+        self.logger = MetricsLogger(self.run_dir, purge_step=self.step + 1 if self.step else (1 if fresh_over_old else None))
 
     # ------------------------------------------------------------------ helpers
     def _apply_optim_changes(self, step: int) -> None:

@@ -60,6 +60,21 @@ def truncate_metrics(run_dir: str | Path, last_step: int, rows_at_checkpoint: in
     return len(moved)
 
 
+PREVIOUS_METRICS_FILE = "metrics.previous.jsonl"
+
+
+def set_metrics_aside(run_dir: str | Path, log=print) -> bool:
+    """Before a fresh run in ``run_dir``: the ``metrics.jsonl`` of an earlier run there that wrote no
+    checkpoint (a run holding one cannot be started over) is renamed to ``metrics.previous.jsonl``, so
+    the new run's rows are not appended to it and nothing is lost. Returns whether there was one."""
+    old = Path(run_dir) / METRICS_FILE
+    if not old.is_file():
+        return False
+    os.replace(old, old.with_name(PREVIOUS_METRICS_FILE))
+    log(f"{old} is from an earlier run that wrote no checkpoint: set aside as {PREVIOUS_METRICS_FILE}")
+    return True
+
+
 class MetricsLogger:
     """Appends metrics to ``metrics.jsonl`` (flushed per line) and TensorBoard."""
 
