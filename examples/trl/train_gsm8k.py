@@ -25,8 +25,9 @@ import sspo
 
 PRESET = "qwen2.5-0.5b-gsm8k"
 """The paper preset; ``<PRESET>-<objective>.yaml`` holds each objective's hyperparameters."""
-PRESET_OF = {"gspo_token": "gspo"}
-"""Objectives without a preset of their own take another's hyperparameters (``cispo``: the defaults)."""
+PRESET_OF = {"gspo_token": "gspo", "luspo": "gspo"}
+"""Objectives without a preset of their own take another's hyperparameters (LUSPO: GSPO's ε, which are its
+defaults); the others without one (``cispo``, ``vespo``, ``dppo_*``, ``m2po``) take their defaults."""
 LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 """sspo ``optim.schedule`` (after ``optim.warmup_steps``) → transformers ``lr_scheduler_type``."""
 
@@ -56,7 +57,7 @@ def preset_config(objective: str, overrides=(), preset: str = PRESET) -> sspo.Tr
 
 def objective_fields(config: sspo.TrainConfig) -> dict:
     """``SSPOGRPOConfig`` fields carrying the objective and its hyperparameters (TRL's own knobs where
-    TRL has one: ``epsilon``/``epsilon_high``, ``sapo_temperature_pos/neg``)."""
+    TRL has one: ``epsilon``/``epsilon_high``, ``sapo_temperature_pos/neg``, ``vespo_*``)."""
     o, p = config.objective, config.objective.params
     fields = {"sspo_objective": o.name, "sspo_loss_agg_mode": o.loss_agg_mode, "beta": o.kl_coef,
               "entropy_coef": o.entropy_coef}  # fmt: skip
@@ -70,6 +71,11 @@ def objective_fields(config: sspo.TrainConfig) -> dict:
         fields.update(sspo_gmpo_clip_low=p["clip_low"], sspo_gmpo_clip_high=p.get("clip_high", p["clip_low"]))
     if "ratio_max" in p:
         fields["sspo_cispo_ratio_max"] = p["ratio_max"]
+    fields.update({f"vespo_{k}": p[k] for k in ("k_pos", "lambda_pos", "k_neg", "lambda_neg") if k in p})
+    fields.update({f"sspo_dppo_{k}": p[k] for k in ("clip_ratio", "clip_ratio_low", "clip_ratio_high", "clip_ratio_c")
+                   if k in p})  # fmt: skip
+    if "m2_threshold" in p:
+        fields["sspo_m2po_threshold"] = p["m2_threshold"]
     return fields
 
 

@@ -11,18 +11,28 @@ set -euo pipefail
 export VERL_USE_EXTERNAL_MODULES=sspo.integrations.verl
 
 objective_overrides() {  # hyperparameters per objective, through the actor fields the plug-in reads
-  local agg=seq-mean-token-mean  # docs/objectives.md's aggregation (verl's default token-mean is refused by sequence objectives)
-  [ "$1" = sspo_cispo ] && agg=token-mean
+  local agg  # docs/objectives.md's aggregation (verl's default token-mean is refused by sequence objectives)
+  case "$1" in
+    sspo_cispo|sspo_vespo|sspo_dppo_tv|sspo_dppo_kl|sspo_m2po) agg=token-mean ;;
+    sspo_luspo) agg=seq-mean-token-sum ;;  # LUSPO scales each sequence's term by its length itself
+    *) agg=seq-mean-token-mean ;;
+  esac
   echo "actor_rollout_ref.actor.loss_agg_mode=$agg"
   case "$1" in
     sspo_grpo)  # DAPO clip-higher
       echo "actor_rollout_ref.actor.clip_ratio_low=0.2 actor_rollout_ref.actor.clip_ratio_high=0.28" ;;
-    sspo_gspo|sspo_gspo_token)  # GSPO paper
+    sspo_gspo|sspo_gspo_token|sspo_luspo)  # GSPO paper (LUSPO is GSPO scaled by length)
       echo "actor_rollout_ref.actor.clip_ratio_low=0.0003 actor_rollout_ref.actor.clip_ratio_high=0.0004" ;;
     sspo_gmpo)  # GMPO paper: log-space clip (e^-0.4, e^0.4)
       echo "actor_rollout_ref.actor.clip_ratio_low=0.4 actor_rollout_ref.actor.clip_ratio_high=0.4" ;;
     sspo_cispo)  # r_max = 1 + clip_ratio_high = 5; CISPO is token-mean
       echo "actor_rollout_ref.actor.clip_ratio_low=0.2 actor_rollout_ref.actor.clip_ratio_high=4.0" ;;
+    sspo_dppo_tv|sspo_dppo_kl)  # the DPPO authors' verl settings: δ = 0.15 (TV) / 0.05 (KL) both sides, c = 1e4 (verl's actor default: 3)
+      local delta=0.15; [ "$1" = sspo_dppo_kl ] && delta=0.05
+      echo "actor_rollout_ref.actor.clip_ratio=$delta actor_rollout_ref.actor.clip_ratio_low=$delta" \
+           "actor_rollout_ref.actor.clip_ratio_high=$delta actor_rollout_ref.actor.clip_ratio_c=10000.0" ;;
+    sspo_vespo|sspo_m2po)  # no actor field: the objective's defaults (other values: sspo.integrations.verl.register)
+      ;;
     sspo|sspo_sapo|sspo_*)  # SAPO and SSPO with any gate (sspo_<gate>): tau_neg > tau_pos (SAPO's defaults)
       echo "actor_rollout_ref.actor.tau_pos=1.0 actor_rollout_ref.actor.tau_neg=1.05" ;;
     *) echo "unknown sspo loss_mode: $1" >&2; return 2 ;;

@@ -115,6 +115,48 @@ def test_every_gate_launches_with_the_sspo_settings():
         assert (actor.tau_pos, actor.tau_neg) == (1.0, 1.05)
 
 
+LAUNCH_HYPERPARAMETERS = {  # loss modes without a script of their own: what `launch` gives the plug-in
+    "sspo_vespo": {},  # no actor field: the objective's defaults (others: sspo.integrations.verl.register)
+    "sspo_m2po": {},
+    "sspo_luspo": {"eps_low": 3e-4, "eps_high": 4e-4},
+    "sspo_dppo_tv": {"clip_ratio": 0.15, "clip_ratio_low": 0.15, "clip_ratio_high": 0.15, "clip_ratio_c": 1e4},
+    "sspo_dppo_kl": {"clip_ratio": 0.05, "clip_ratio_low": 0.05, "clip_ratio_high": 0.05, "clip_ratio_c": 1e4},
+}
+
+
+@needs_verl
+@pytest.mark.filterwarnings("ignore:Disabled critic")
+def test_every_other_loss_mode_launches_with_its_objectives_settings():
+    """``launch <setup> <loss_mode>`` for every registered loss mode that is neither a script's nor a gate
+    variant's: the objective's aggregation mode, and the hyperparameters its defaults say (for DPPO the
+    authors' verl settings, not verl's actor defaults δ = 0.2, ``clip_ratio_c`` = 3)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    import sspo
+    import sspo.integrations.verl as sv
+
+    others = {name: objective for name, (objective, _) in sv.verl_names().items()
+              if objective != "sspo" and name not in OBJECTIVES}  # fmt: skip
+    assert set(others) == set(LAUNCH_HYPERPARAMETERS)
+    for loss_mode, objective in others.items():
+        config = compose_main_ppo(launch_command("gsm8k", loss_mode)[2:])
+        validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+        actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+        assert actor.policy_loss.loss_mode == loss_mode
+        assert actor.loss_agg_mode == sspo.get_objective(objective).default_agg_mode
+        hp = sv.hyperparameters_from_config(objective, actor)
+        assert hp == pytest.approx(LAUNCH_HYPERPARAMETERS[loss_mode])
+        defaults = sspo.get_objective(objective).defaults
+        for key, value in hp.items():  # the objective's defaults (DPPO's None per side: clip_ratio)
+            assert value == pytest.approx(defaults["clip_ratio"] if defaults[key] is None else defaults[key]), key
+        mask = torch.tensor([[True, True, False], [True, True, True]])
+        log_probs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -1.5, -1.0]])
+        loss, _ = sv.REGISTERED[loss_mode](log_probs - 0.1, log_probs, torch.tensor([[1.0] * 3, [-1.0] * 3]) * mask,
+                                           mask, actor.loss_agg_mode, actor)  # fmt: skip
+        assert torch.isfinite(loss)
+
+
 @needs_verl
 def test_extra_arguments_override_the_scripts_settings():
     config = compose_main_ppo(script_command("gsm8k", "sspo_gspo", "trainer.total_epochs=3")[2:])

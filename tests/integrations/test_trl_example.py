@@ -44,18 +44,23 @@ def test_paper_preset_as_grpo_config_fields():
     assert (four["gradient_accumulation_steps"], four["steps_per_generation"]) == (2, 8)  # same 512 / 128 split
 
 
-@pytest.mark.parametrize(
-    "objective,expected",
-    [
-        ("sspo", {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05, "sspo_gate": "arctan"}),
-        ("sapo", {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}),
-        ("grpo", {"epsilon": 0.2, "epsilon_high": 0.28}),
-        ("gspo", {"epsilon": 3e-4, "epsilon_high": 4e-4}),
-        ("gspo_token", {"epsilon": 3e-4, "epsilon_high": 4e-4}),
-        ("gmpo", {"sspo_gmpo_clip_low": 0.4, "sspo_gmpo_clip_high": 0.4}),
-        ("cispo", {}),  # no preset: SSPOGRPOConfig's default r_max = 5
-    ],
-)
+PRESET_CASES = [
+    ("sspo", {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05, "sspo_gate": "arctan"}),
+    ("sapo", {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}),
+    ("grpo", {"epsilon": 0.2, "epsilon_high": 0.28}),
+    ("gspo", {"epsilon": 3e-4, "epsilon_high": 4e-4}),
+    ("gspo_token", {"epsilon": 3e-4, "epsilon_high": 4e-4}),
+    ("gmpo", {"sspo_gmpo_clip_low": 0.4, "sspo_gmpo_clip_high": 0.4}),
+    ("cispo", {}),  # no preset: SSPOGRPOConfig's default r_max = 5
+    ("luspo", {"epsilon": 3e-4, "epsilon_high": 4e-4}),  # no preset: GSPO's ε (LUSPO's defaults)
+    ("vespo", {}),  # no preset: TRL's vespo_* defaults, which are sspo's
+    ("dppo_tv", {}),  # no preset: the objective's defaults
+    ("dppo_kl", {}),
+    ("m2po", {}),
+]
+
+
+@pytest.mark.parametrize("objective,expected", PRESET_CASES)
 def test_each_objective_gets_its_preset_hyperparameters(objective, expected, tmp_path):
     from sspo.integrations.trl import SSPOGRPOConfig
 
@@ -65,8 +70,33 @@ def test_each_objective_gets_its_preset_hyperparameters(objective, expected, tmp
     reference = {"sspo": {"tau_pos": 1.0, "tau_neg": 1.05, "gate": "arctan"}, "sapo": {"tau_pos": 1.0, "tau_neg": 1.05},
                  "grpo": {"eps_low": 0.2, "eps_high": 0.28}, "gspo": {"eps_low": 3e-4, "eps_high": 4e-4},
                  "gspo_token": {"eps_low": 3e-4, "eps_high": 4e-4}, "gmpo": {"clip_low": 0.4, "clip_high": 0.4},
-                 "cispo": {"ratio_max": 5.0}}  # fmt: skip
+                 "cispo": {"ratio_max": 5.0}, "luspo": {"eps_low": 3e-4, "eps_high": 4e-4},
+                 "vespo": {"k_pos": 2.0, "lambda_pos": 3.0, "k_neg": 3.0, "lambda_neg": 2.0},
+                 "dppo_tv": {}, "dppo_kl": {}, "m2po": {}}  # fmt: skip
     assert args.objective_hyperparameters() == pytest.approx(reference[objective])
+
+
+def test_every_objective_has_a_preset_case():
+    """A new objective of ``sspo.OBJECTIVES`` needs its case above (and its fields in ``objective_fields``)."""
+    assert sorted(objective for objective, _ in PRESET_CASES) == sorted(sspo.OBJECTIVES)
+
+
+@pytest.mark.parametrize("objective,params", [
+    ("vespo", {"k_pos": 1.5, "lambda_pos": 2.5, "k_neg": 4.0, "lambda_neg": 1.5}),
+    ("dppo_tv", {"clip_ratio": 0.1, "clip_ratio_high": 0.3, "clip_ratio_c": 50.0}),
+    ("dppo_kl", {"clip_ratio_low": 0.02}),
+    ("m2po", {"m2_threshold": 0.1}),
+    ("luspo", {"eps_low": 1e-3, "eps_high": 2e-3}),
+])  # fmt: skip
+def test_preset_hyperparameters_of_the_new_objectives_reach_the_loss(objective, params, tmp_path):
+    """``objective.params.<name>=value`` overrides become SSPOGRPOConfig fields and come back unchanged."""
+    from sspo.integrations.trl import SSPOGRPOConfig
+
+    overrides = [f"objective.params.{k}={v}" for k, v in params.items()]
+    fields = example.objective_fields(example.preset_config(objective, overrides))
+    args = SSPOGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **fields)
+    got = args.objective_hyperparameters()
+    assert {k: got[k] for k in params} == pytest.approx(params)
 
 
 @pytest.fixture(scope="module")

@@ -121,9 +121,19 @@ def test_config_refuses_what_the_sspo_loss_would_ignore(tmp_path):
         SSPOGRPOConfig(output_dir=str(tmp_path), beta=0.01, use_cpu=True, report_to=[])
     with pytest.raises(ValueError, match="unknown objective"):
         SSPOGRPOConfig(output_dir=str(tmp_path), sspo_objective="ppo", use_cpu=True, report_to=[])
-    with pytest.raises(ValueError, match="token weights"):
-        SSPOGRPOConfig(output_dir=str(tmp_path), use_vllm=True, vllm_importance_sampling_mode="token_truncate",
+    with pytest.raises(ValueError, match="seq-mean-token-sum"):  # LUSPO's own aggregation only
+        SSPOGRPOConfig(output_dir=str(tmp_path), sspo_objective="luspo", sspo_loss_agg_mode="token-mean",
                        use_cpu=True, report_to=[])  # fmt: skip
+    with pytest.raises(ValueError, match="k_pos must be >= 0"):
+        SSPOGRPOConfig(output_dir=str(tmp_path), sspo_objective="vespo", vespo_k_pos=-1.0, use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="m2_threshold must be > 0"):
+        SSPOGRPOConfig(output_dir=str(tmp_path), sspo_objective="m2po", sspo_m2po_threshold=0.0, use_cpu=True,
+                       report_to=[])  # fmt: skip
+    # what TRL's own losses refuse or drop but the sspo loss takes: token IS weights for a sequence-level
+    # objective (pooled over the row), sequence IS weights for VESPO (folded once), the off-policy mask
+    for objective, mode in (("sspo", "token_truncate"), ("vespo", "sequence_mask")):
+        SSPOGRPOConfig(output_dir=str(tmp_path), sspo_objective=objective, use_vllm=True, use_cpu=True,
+                       vllm_importance_sampling_mode=mode, off_policy_mask_threshold=0.5, report_to=[])  # fmt: skip
 
 
 def test_hyperparameters_map_from_trl_knobs(tmp_path):
@@ -133,4 +143,112 @@ def test_hyperparameters_map_from_trl_knobs(tmp_path):
     assert SSPOGRPOConfig(**kw, sapo_temperature_neg=2.0, sspo_gate="gaussian").objective_hyperparameters() == {
         "tau_pos": 1.0, "tau_neg": 2.0, "gate": "gaussian"}  # fmt: skip
     assert SSPOGRPOConfig(**kw, sspo_objective="cispo").objective_hyperparameters() == {"ratio_max": 5.0}
+    assert SSPOGRPOConfig(**kw, sspo_objective="luspo", epsilon=3e-4, epsilon_high=4e-4).objective_hyperparameters() == {
+        "eps_low": 3e-4, "eps_high": 4e-4}  # fmt: skip
+    assert SSPOGRPOConfig(**kw, sspo_objective="vespo", vespo_k_neg=4.0).objective_hyperparameters() == {  # TRL's knobs
+        "k_pos": 2.0, "lambda_pos": 3.0, "k_neg": 4.0, "lambda_neg": 2.0}  # fmt: skip
+    assert SSPOGRPOConfig(**kw, sspo_objective="dppo_kl").objective_hyperparameters() == {}  # the objective's defaults
+    assert SSPOGRPOConfig(**kw, sspo_objective="dppo_tv", sspo_dppo_clip_ratio=0.1, sspo_dppo_clip_ratio_high=0.3,
+                          sspo_dppo_clip_ratio_c=50.0).objective_hyperparameters() == {
+        "clip_ratio": 0.1, "clip_ratio_high": 0.3, "clip_ratio_c": 50.0}  # fmt: skip
+    assert SSPOGRPOConfig(**kw, sspo_objective="m2po").objective_hyperparameters() == {}
+    assert SSPOGRPOConfig(**kw, sspo_objective="m2po", sspo_m2po_threshold=0.1).objective_hyperparameters() == {
+        "m2_threshold": 0.1}  # fmt: skip
     assert isinstance(SSPOGRPOConfig(**kw), GRPOConfig)
+
+
+def trl_vllm_ratio(old, sampler, mask, mode, clip_max=2.0, clip_min=0.5):
+    """TRL 1.16's ``importance_sampling_ratio`` (``_generate_and_score_completions``), written out."""
+    diff = (old - sampler) * mask
+    ratio = torch.exp(diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff)
+    if mode.endswith("truncate"):
+        return ratio.clamp(max=clip_max)
+    return ratio.masked_fill((ratio < clip_min) | (ratio > clip_max), 0.0)
+
+
+def off_policy_batch(trainer, seed=0):
+    """A recorded batch made off-policy (perturbed old log-probs) with a stand-in sampler's log-probs."""
+    inputs = dict(trainer.seen[-1])
+    logp = independent_log_probs(trainer.model, inputs, trainer.temperature).detach()
+    g = torch.Generator().manual_seed(seed)
+    inputs["old_per_token_logps"] = logp + 0.2 * torch.randn(logp.shape, generator=g)
+    inputs["sampling_per_token_logps"] = inputs["old_per_token_logps"] + 0.3 * torch.randn(logp.shape, generator=g)
+    return inputs, logp
+
+
+def loss_and_grads(fn, model, inputs):
+    model.zero_grad()
+    loss = fn(model, inputs)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    return loss.item(), grads
+
+
+def set_correction(trainer, mode, threshold):
+    trainer.use_vllm = trainer.vllm_importance_sampling_correction = mode is not None
+    trainer.args.vllm_importance_sampling_mode = mode or "sequence_mask"
+    trainer.args.off_policy_mask_threshold = trainer.off_policy_mask_threshold = threshold
+
+
+@pytest.mark.parametrize("objective,loss_type", [("grpo", "grpo"), ("vespo", "vespo")])
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", None])
+@pytest.mark.parametrize("masked", [False, True])
+def test_vllm_correction_and_off_policy_mask_equal_trls_own_loss(model_dir, tmp_path, objective, loss_type, mode,
+                                                                 masked):  # fmt: skip
+    """TRL's vLLM ratio reaches ``sspo.policy_loss`` as ``rollout_is_weights`` (``[B, T]`` token modes, ``[B]``
+    sequence modes) and TRL's off-policy sequence mask as zero advantages: the loss and its gradient equal
+    TRL's own ``grpo``/``vespo`` loss on the same batch (TRL refuses sequence modes for VESPO: there the
+    reference is ``sspo.policy_loss`` with the ``[B]`` weights, ``log ρ_i`` folded once)."""
+    trainer = train(model_dir, tmp_path, objective)
+    model = trainer.model
+    inputs, logp = off_policy_batch(trainer)
+    mask = inputs["completion_mask"]
+    threshold = None
+    if masked:  # a threshold that drops the negative-advantage sequences
+        kl = ((inputs["sampling_per_token_logps"] - logp) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        threshold = kl[inputs["advantages"] < 0].min().item() - 1e-4
+        keep = GRPOTrainer.get_off_policy_mask(inputs["advantages"][:, None], logp, inputs["sampling_per_token_logps"],
+                                               mask, threshold)  # fmt: skip
+        assert 0 < int((keep == 0).sum()) < mask.shape[0]
+    if mode is not None:
+        inputs["importance_sampling_ratio"] = trl_vllm_ratio(inputs["old_per_token_logps"],
+                                                             inputs["sampling_per_token_logps"], mask, mode)  # fmt: skip
+    set_correction(trainer, mode, threshold)
+    ours, our_grads = loss_and_grads(trainer._compute_loss, model, inputs)
+    if objective == "vespo" and mode is not None and mode.startswith("sequence"):
+        trl_logp, _, _ = trainer._get_per_token_logps_and_entropies(model, torch.cat([inputs["prompt_ids"],
+            inputs["completion_ids"]], 1), torch.cat([inputs["prompt_mask"], mask], 1), mask.shape[1])  # fmt: skip
+        assert trainer.sspo_loss_inputs(model, inputs)["rollout_is_weights"].shape == (mask.shape[0],)
+        adv = inputs["advantages"]
+        if masked:
+            adv = adv * GRPOTrainer.get_off_policy_mask(adv[:, None], trl_logp.detach(), inputs["sampling_per_token_logps"],
+                                                        mask, threshold)[:, 0]  # fmt: skip
+        norm, _, _ = trainer.sspo_normalisers(inputs, "train")
+        ref = sspo.policy_loss("vespo", trl_logp, inputs["old_per_token_logps"], adv, mask,
+                               rollout_is_weights=inputs["importance_sampling_ratio"][:, 0], **norm).loss  # fmt: skip
+        theirs, their_grads = ref.item(), torch.autograd.grad(ref, list(model.parameters()))
+    else:
+        trainer.loss_type = loss_type
+        theirs, their_grads = loss_and_grads(lambda m, i: GRPOTrainer._compute_loss(trainer, m, i), model, inputs)
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    for mine, other in zip(our_grads, their_grads, strict=True):
+        assert torch.allclose(mine, other, atol=1e-6, rtol=0)
+    set_correction(trainer, None, None)
+    plain, _ = loss_and_grads(trainer._compute_loss, model, inputs)
+    if mode is not None or masked:
+        assert abs(plain - ours) > 1e-4
+
+
+@pytest.mark.parametrize("objective", sspo.OBJECTIVES)
+def test_a_zero_advantage_sequence_takes_no_part_in_the_loss(objective):
+    """What the off-policy mask relies on: every objective's term vanishes at ``A = 0`` (the row keeps its
+    place in the normalisers)."""
+    from integration_cases import grad_of, random_batch
+
+    log_probs, old, adv, mask = random_batch(seed=3, drift=0.3)
+    adv = adv.clone()
+    adv[2] = 0.0
+    loss = sspo.policy_loss(objective, log_probs, old, adv, mask).loss
+    grad = grad_of(loss, log_probs)
+    assert grad[2].abs().max().item() == 0.0 and grad[mask].abs().max().item() > 1e-3

@@ -15,7 +15,8 @@ from verl.trainer.ppo import core_algos
 import sspo
 import sspo.integrations.verl as sv
 
-CFG = dict(clip_ratio_low=0.15, clip_ratio_high=0.25, tau_pos=0.9, tau_neg=1.3)
+CFG = dict(clip_ratio=0.1, clip_ratio_low=0.15, clip_ratio_high=0.25, tau_pos=0.9, tau_neg=1.3, clip_ratio_c=8.0)
+DPPO = dict(clip_ratio=0.1, clip_ratio_low=0.15, clip_ratio_high=0.25, clip_ratio_c=8.0)
 EXPECTED = {  # verl name -> (objective, hyperparameters implied by CFG)
     "sspo": ("sspo", dict(tau_pos=0.9, tau_neg=1.3, gate="arctan")),
     **{f"sspo_{gate}": ("sspo", dict(tau_pos=0.9, tau_neg=1.3, gate=gate)) for gate in sspo.GATES if gate != "arctan"},
@@ -25,15 +26,20 @@ EXPECTED = {  # verl name -> (objective, hyperparameters implied by CFG)
     "sspo_gmpo": ("gmpo", dict(clip_low=0.15, clip_high=0.25)),
     "sspo_sapo": ("sapo", dict(tau_pos=0.9, tau_neg=1.3)),
     "sspo_cispo": ("cispo", dict(ratio_max=1.25)),
+    "sspo_vespo": ("vespo", {}),
+    "sspo_luspo": ("luspo", dict(eps_low=0.15, eps_high=0.25)),
+    "sspo_dppo_tv": ("dppo_tv", DPPO),
+    "sspo_dppo_kl": ("dppo_kl", DPPO),
+    "sspo_m2po": ("m2po", {}),
 }
 VERL_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 def _cases():
     for name, (objective, _) in EXPECTED.items():
-        sequence = sspo.get_objective(objective).sequence_level
-        for mode in ("seq-mean-token-mean",) if sequence else VERL_MODES:
-            yield name, mode
+        for mode in VERL_MODES:
+            if mode in sspo.get_objective(objective).agg_modes:
+                yield name, mode
 
 
 def test_every_objective_and_gate_is_registered_under_its_name():
@@ -41,7 +47,7 @@ def test_every_objective_and_gate_is_registered_under_its_name():
     assert {objective for objective, _ in EXPECTED.values()} == set(sspo.OBJECTIVES)
     for name, fn in sv.REGISTERED.items():
         assert core_algos.get_policy_loss_fn(name) is fn
-    for verl_own in ("vanilla", "gspo", "sapo", "geo_mean", "cispo"):
+    for verl_own in ("vanilla", "gspo", "sapo", "geo_mean", "cispo", "dppo_tv", "dppo_kl"):
         assert core_algos.get_policy_loss_fn(verl_own).__module__ == "verl.trainer.ppo.core_algos"
 
 
@@ -58,6 +64,7 @@ def test_called_as_verl_calls_it_equals_policy_loss(name, mode):
     assert loss.item() == pytest.approx(ref.loss.item(), abs=1e-12)
     assert torch.allclose(grad_of(loss, log_probs), grad_of(ref.loss, log_probs), atol=1e-12, rtol=0)
     assert metrics["actor/ppo_kl"] == pytest.approx(ref.metrics["ppo_kl"].item())
+    assert sv.hyperparameters_from_config(objective, cfg) == {k: v for k, v in hp.items() if k != "gate"}
     assert metrics["actor/pg_clipfrac"] == pytest.approx(
         ref.metrics.get("pg_clipfrac", torch.tensor(0.0)).item()
     )
@@ -111,11 +118,33 @@ def test_token_sum_is_the_masked_sum_of_token_terms():
     assert loss.item() == pytest.approx(mean.loss.item() * int(mask.sum()), rel=1e-12)
 
 
-def test_sequence_objective_with_verl_default_token_mean_says_what_to_set():
+@pytest.mark.parametrize("name,needs", [("sspo", "seq-mean-token-mean"), ("sspo_luspo", "seq-mean-token-sum")])
+def test_an_objective_with_verl_default_token_mean_says_what_to_set(name, needs):
     log_probs, old, adv, mask = random_batch()
-    with pytest.raises(ValueError, match="loss_agg_mode=seq-mean-token-mean"):
-        core_algos.get_policy_loss_fn("sspo")(old, log_probs, token_advantages(adv, mask), mask, "token-mean",
-                                              actor_config())  # fmt: skip
+    with pytest.raises(ValueError, match=f"actor_rollout_ref.actor.loss_agg_mode={needs} "):
+        core_algos.get_policy_loss_fn(name)(old, log_probs, token_advantages(adv, mask), mask, "token-mean",
+                                            actor_config())  # fmt: skip
+
+
+def test_dppo_reads_the_actor_config_as_verls_own_dppo():
+    """verl's ``dppo_*`` take ``clip_ratio_c`` from the ``ActorConfig`` (3.0 unless set; 20 only without the
+    field), and ``clip_ratio_low``/``_high`` over ``clip_ratio``: same gradient as verl's own loss (its value
+    is written differently, tests/integrations/test_offpolicy_crosscheck.py), with verl's weights too."""
+    log_probs, old, adv, mask = random_batch(seed=12, drift=0.8)
+    old, log_probs = old / 3, (log_probs / 3).detach().requires_grad_(True)  # probabilities that move
+    tok_adv = token_advantages(adv, mask)
+    weights = torch.where(mask, torch.rand(mask.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5, 0.0)
+    assert sv.hyperparameters_from_config("dppo_tv", actor_config())["clip_ratio_c"] == 3.0
+    assert sv.hyperparameters_from_config("dppo_tv", {"clip_ratio": 0.1})["clip_ratio_c"] == 20.0
+    for name in ("dppo_tv", "dppo_kl"):
+        for cfg in (actor_config(), actor_config(clip_ratio=0.08, clip_ratio_low=0.05, clip_ratio_high=0.12, clip_ratio_c=1.3)):
+            ours, metrics = core_algos.get_policy_loss_fn(f"sspo_{name}")(old, log_probs, tok_adv, mask, "token-mean",
+                                                                          cfg, weights)  # fmt: skip
+            theirs, their_metrics = core_algos.get_policy_loss_fn(name)(old, log_probs, tok_adv, mask, "token-mean",
+                                                                        cfg, weights)  # fmt: skip
+            torch.testing.assert_close(grad_of(ours, log_probs), grad_of(theirs, log_probs), atol=1e-12, rtol=0)
+            assert metrics["actor/pg_clipfrac"] == pytest.approx(their_metrics["actor/pg_clipfrac"], abs=1e-12)
+            assert 0 < metrics["actor/pg_clipfrac"] < 1
 
 
 def test_dp_size_above_one_needs_global_counts():
@@ -131,32 +160,119 @@ def test_dp_size_above_one_needs_global_counts():
         )
 
 
-def test_rollout_is_weights_fold_into_advantages():
+def verl_weights(old, mask, level, seed=1, scale=0.3):
+    """verl's own ``rollout_is_weights`` (``[B, T]``, also for ``rollout_is="sequence"``) for a stand-in sampler."""
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_rejection_mask
+
+    sampler = old + scale * torch.randn(old.shape, generator=torch.Generator().manual_seed(seed), dtype=old.dtype)
+    proto, _, _ = compute_rollout_correction_and_rejection_mask(old, sampler, mask.long(), rollout_is=level,
+                                                                rollout_is_threshold=4.0)  # fmt: skip
+    return proto.batch["rollout_is_weights"], sampler
+
+
+def test_token_weights_multiply_the_terms_as_in_verl():
     log_probs, old, adv, mask = random_batch(seed=11)
     tok_adv = token_advantages(adv, mask)
-    g = torch.Generator().manual_seed(1)
-    weights = torch.where(mask, torch.rand(mask.shape, generator=g, dtype=torch.float64) * 2, 0.0)
-    cfg = actor_config(**CFG, clip_ratio_c=1e9)  # verl's dual clip off
-    ours, _ = core_algos.get_policy_loss_fn("sspo_grpo")(
-        old, log_probs, tok_adv, mask, "token-mean", cfg, weights
-    )
-    verl, _ = core_algos.get_policy_loss_fn("vanilla")(
-        old, log_probs, tok_adv, mask, "token-mean", cfg, weights
-    )
+    weights, _ = verl_weights(old, mask, "token")
+    cfg = actor_config(**{**CFG, "clip_ratio_c": 1e9})  # verl's dual clip off
+    ours, metrics = core_algos.get_policy_loss_fn("sspo_grpo")(old, log_probs, tok_adv, mask, "token-mean", cfg, weights)
+    verl, _ = core_algos.get_policy_loss_fn("vanilla")(old, log_probs, tok_adv, mask, "token-mean", cfg, weights)
     assert ours.item() == pytest.approx(verl.item(), abs=1e-12)
     assert torch.allclose(grad_of(ours, log_probs), grad_of(verl, log_probs), atol=1e-12, rtol=0)
-    # a sequence-level objective takes one weight per sequence (verl broadcasts sequence-level IS weights)
-    seq_w = torch.rand(mask.shape[0], generator=g, dtype=torch.float64)
-    broadcast = torch.where(mask, seq_w[:, None].expand(mask.shape), 0.0)
-    loss, _ = core_algos.get_policy_loss_fn("sspo")(
-        old, log_probs, tok_adv, mask, "seq-mean-token-mean", cfg, broadcast
-    )
-    ref = sspo.policy_loss("sspo", log_probs, old, adv * seq_w, mask, tau_pos=0.9, tau_neg=1.3)
+    assert metrics["actor/sspo/rollout_corr/is_mean"] == pytest.approx(weights[mask].mean().item(), abs=1e-12)
+    plain, _ = core_algos.get_policy_loss_fn("sspo_grpo")(old, log_probs, tok_adv, mask, "token-mean", cfg)
+    assert abs(plain.item() - ours.item()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["sspo", "sspo_gspo", "sspo_gmpo"])
+def test_a_sequence_objective_takes_the_row_mean_of_token_weights(name):
+    """Token weights that vary inside a sequence are pooled (their mean over the row) by a sequence-level
+    objective; verl's sequence weights are constant over the row, so they are taken as they are."""
+    objective, hp = EXPECTED[name]
+    log_probs, old, adv, mask = random_batch(seed=11, drift=0.05)
+    tok_adv = token_advantages(adv, mask)
+    for level in ("token", "sequence"):
+        weights, _ = verl_weights(old, mask, level)
+        loss, _ = core_algos.get_policy_loss_fn(name)(old, log_probs, tok_adv, mask, "seq-mean-token-mean",
+                                                      actor_config(**CFG), weights)  # fmt: skip
+        row_mean = torch.where(mask, weights, 0.0).sum(-1) / mask.sum(-1)
+        ref = sspo.policy_loss(objective, log_probs, old, adv, mask, rollout_is_weights=row_mean, **hp)
+        assert loss.item() == pytest.approx(ref.loss.item(), abs=1e-12)
+        assert torch.allclose(grad_of(loss, log_probs), grad_of(ref.loss, log_probs), atol=1e-12, rtol=0)
+        plain = sspo.policy_loss(objective, log_probs, old, adv, mask, **hp).loss
+        assert abs(plain.item() - loss.item()) > 1e-4
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_vespo_gets_verls_weights_at_the_level_verl_computed_them(level):
+    """verl hands ``[B, T]`` weights at both levels; VESPO folds ``Σ_t log ρ_t`` (token) or ``log ρ_i`` once
+    (sequence): the plug-in equals ``sspo.policy_loss`` computing the same correction from the sampler's
+    log-probs itself, and reading a sequence weight per token would differ."""
+    log_probs, old, adv, mask = random_batch(seed=13, drift=0.1)
+    weights, sampler = verl_weights(old, mask, level, scale=0.2)
+    assert sv.rollout_is_level(weights, mask) == level
+    loss, metrics = core_algos.get_policy_loss_fn("sspo_vespo")(old, log_probs, token_advantages(adv, mask), mask,
+                                                                "token-mean", actor_config(), weights)  # fmt: skip
+    ref = sspo.policy_loss("vespo", log_probs, old, adv, mask, rollout_log_probs=sampler, rollout_is=level,
+                           rollout_is_threshold=4.0)  # fmt: skip
     assert loss.item() == pytest.approx(ref.loss.item(), abs=1e-12)
+    assert torch.allclose(grad_of(loss, log_probs), grad_of(ref.loss, log_probs), atol=1e-12, rtol=0)
+    assert metrics["actor/sspo/vespo/log_w_mean"] == pytest.approx(ref.metrics["vespo/log_w_mean"].item(), abs=1e-12)
+    per_token = sspo.policy_loss("vespo", log_probs, old, adv, mask, rollout_is_weights=weights).loss
+    if level == "sequence":
+        assert abs(per_token.item() - loss.item()) > 1e-3
+    else:
+        assert per_token.item() == pytest.approx(loss.item(), abs=1e-12)
+
+
+def test_the_level_can_be_declared():
+    log_probs, old, adv, mask = random_batch(seed=13, drift=0.1)
+    tok_adv = token_advantages(adv, mask)
+    seq_w, _ = verl_weights(old, mask, "sequence", scale=0.2)
+    tok_w, _ = verl_weights(old, mask, "token", scale=0.2)
+    as_token = sv.make_policy_loss("vespo", rollout_is_level="token")
+    loss, _ = as_token(old, log_probs, tok_adv, mask, "token-mean", actor_config(), seq_w)
+    ref = sspo.policy_loss("vespo", log_probs, old, adv, mask, rollout_is_weights=seq_w)  # [B, T]: per token
+    assert loss.item() == pytest.approx(ref.loss.item(), abs=1e-12)
+    as_sequence = sv.make_policy_loss("vespo", rollout_is_level="sequence")
     with pytest.raises(ValueError, match="vary inside a sequence"):
-        core_algos.get_policy_loss_fn("sspo")(
-            old, log_probs, tok_adv, mask, "seq-mean-token-mean", cfg, weights
-        )
+        as_sequence(old, log_probs, tok_adv, mask, "token-mean", actor_config(), tok_w)
+    with pytest.raises(ValueError, match="rollout_is_level"):
+        sv.make_policy_loss("vespo", rollout_is_level="seq")
+
+
+def test_the_level_is_read_from_the_rows():
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    constant = torch.tensor([[1.5, 1.5, 1.5], [0.7, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert sv.rollout_is_level(constant, mask) == "sequence"
+    assert sv.rollout_is_level(constant + torch.tensor([0.0, 1e-6, 0.0]), mask) == "token"
+    assert sv.rollout_is_level(torch.tensor([[1.5, 1.5, 9.0]]), mask[:1] & torch.tensor([True, True, False])) == "sequence"
+    assert sv.rollout_weights("vespo", constant, mask).tolist() == pytest.approx([1.5, 0.7, 0.0])
+    assert sv.rollout_weights("grpo", constant, mask) is not None and sv.rollout_weights("grpo", constant, mask).shape == (3, 3)
+
+
+def test_register_fixes_hyperparameters_verl_has_no_field_for():
+    log_probs, old, adv, mask = random_batch(seed=14, drift=0.15)
+    shape = dict(k_pos=1.5, lambda_pos=2.0, k_neg=4.0, lambda_neg=3.5)
+    try:
+        fn = sv.register("test_vespo_shape", "vespo", **shape)
+        assert core_algos.get_policy_loss_fn("test_vespo_shape") is fn
+        loss, _ = fn(old, log_probs, token_advantages(adv, mask), mask, "token-mean", actor_config())
+        ref = sspo.policy_loss("vespo", log_probs, old, adv, mask, **shape).loss
+        assert loss.item() == pytest.approx(ref.item(), abs=1e-12)
+        assert abs(sspo.policy_loss("vespo", log_probs, old, adv, mask).loss.item() - ref.item()) > 1e-4
+        with pytest.raises(ValueError, match="overwrite=True"):
+            sv.register("test_vespo_shape", "vespo")
+        m2, _ = sv.register("test_vespo_shape", "m2po", overwrite=True, m2_threshold=0.01)(
+            old, log_probs, token_advantages(adv, mask), mask, "token-mean", actor_config())
+        assert m2.item() == pytest.approx(sspo.policy_loss("m2po", log_probs, old, adv, mask, m2_threshold=0.01).loss.item(), abs=1e-12)
+    finally:
+        core_algos.POLICY_LOSS_REGISTRY.pop("test_vespo_shape", None)
+    with pytest.raises(ValueError, match="verl already has"):
+        sv.register("dppo_tv", "dppo_tv")
+    with pytest.raises(ValueError, match="no hyperparameter k_pos"):
+        sv.register("test_bad", "grpo", k_pos=1.0)
+    assert "test_bad" not in core_algos.POLICY_LOSS_REGISTRY
 
 
 def test_verl_use_external_modules_loads_the_plugin_in_a_fresh_worker(fresh_verl):

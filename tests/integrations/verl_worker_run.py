@@ -13,8 +13,13 @@ gloo, its GRPO advantages, and the TensorDict calls verl's trainer makes (``comp
 the CPU platform (``verl_cpu_platform``), ``VERL_ENGINE_DEVICE=cuda`` (selects verl's FSDP engine class,
 registered for cuda/npu only) and rollouts by ``transformers``' ``generate`` on a copy of the model.
 
-Each loss function call is recorded (inputs and returned loss) so that the test can recompute the loss
-with :func:`sspo.policy_loss` on the very tensors verl passed. Writes ``{loss_mode: run}`` with
+Each step also carries verl's rollout-correction weights, computed by verl's own
+``compute_rollout_correction_and_add_to_batch`` (as its trainer does) against stand-in sampler log-probs
+(the old log-probs plus noise): sequence-level weights (``rollout_is="sequence"``, which verl hands the
+loss broadcast to ``[B, T]``) in the first step, token-level ones in the second.
+
+Each loss function call is recorded (inputs, weights and returned loss) so that the test can recompute the
+loss with :func:`sspo.policy_loss` on the very tensors verl passed. Writes ``{loss_mode: run}`` with
 ``torch.save``; every value is a tensor, number, string, list or dict (loads with ``weights_only=True``).
 """
 
@@ -31,7 +36,9 @@ from hydra import compose, initialize_config_dir
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 from verl import DataProto
+from verl.trainer.config.algorithm import RolloutCorrectionConfig
 from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import validate_config
@@ -50,6 +57,12 @@ MICRO_BATCH = 4  # per "GPU": 2 micro-batches per mini-batch
 STEPS = 2
 ACTOR_FIELDS = {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "tau_pos": 1.0, "tau_neg": 1.05}
 """Actor hyperparameters given to verl; the test derives each objective's from them."""
+RECORDED_FIELDS = (*ACTOR_FIELDS, "clip_ratio", "clip_ratio_c")
+"""Actor fields recorded (``clip_ratio``, ``clip_ratio_c``: verl's defaults, read by the DPPO losses)."""
+ROLLOUT_IS = ("sequence", "token")
+"""verl's ``algorithm.rollout_correction.rollout_is`` per step."""
+SAMPLER_NOISE = 0.1
+"""Standard deviation of the stand-in sampler's log-probs around the old ones."""
 
 
 def compose_config(model_dir: str, loss_mode: str, loss_agg_mode: str):
@@ -96,6 +109,9 @@ def record_calls(loss_mode: str, calls: list) -> None:
         calls.append({
             "log_probs": log_prob.detach().clone(), "old_log_probs": old_log_prob.detach().clone(),
             "advantages": advantages.detach().clone(), "mask": response_mask.detach().clone(),
+            "rollout_is_weights": None if rollout_is_weights is None else rollout_is_weights.detach().clone(),
+            "global_batch_info": {
+                k: float(v) for k, v in config.global_batch_info.items() if v is not None},
             "loss": loss.detach().clone(), "loss_agg_mode": loss_agg_mode,
         })  # fmt: skip
         return loss, metrics
@@ -152,7 +168,7 @@ def train(loss_mode: str, model_dir: str, tokenizer) -> dict:
     torch.manual_seed(0)
     mini_batch = MINI_BATCH_PROMPTS * GROUP
     steps, before = [], full_state_dict(worker)
-    for _ in range(STEPS):
+    for step in range(STEPS):
         behaviour.load_state_dict(before)  # the rollout copy gets the actor's current weights
         batch = rollout(behaviour, tokenizer)
         index = np.array([i // GROUP for i in range(len(batch))], dtype=object)
@@ -163,6 +179,10 @@ def train(loss_mode: str, model_dir: str, tokenizer) -> dict:
         tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False, temperature=1.0)
         old = no_padding_2_padding(tu.get(worker.compute_log_prob(data), "log_probs"), data).float()
         batch.batch["old_log_probs"], batch.batch["advantages"] = old, advantages
+        noise = SAMPLER_NOISE * torch.randn(old.shape, generator=torch.Generator().manual_seed(step))
+        batch.batch["rollout_log_probs"] = old + noise * batch.batch["response_mask"]
+        correction = RolloutCorrectionConfig(rollout_is=ROLLOUT_IS[step], rollout_is_threshold=2.0)
+        batch, _ = compute_rollout_correction_and_add_to_batch(batch, correction)
         data = left_right_2_no_padding(batch.to_tensordict())
         tu.assign_non_tensor(
             data, calculate_entropy=False, distillation_use_topk=False, distillation_only=False,
@@ -174,14 +194,14 @@ def train(loss_mode: str, model_dir: str, tokenizer) -> dict:
         after = full_state_dict(worker)
         steps.append({
             "metrics": {k: [float(x) for x in v] if isinstance(v, list) else float(v) for k, v in metrics.items()},
-            "calls": calls[first_call:],
+            "calls": calls[first_call:], "rollout_is": ROLLOUT_IS[step],
             "max_weight_change": max(float((after[k] - before[k]).abs().max()) for k in after),
         })  # fmt: skip
         before = after
     actor = config.actor_rollout_ref.actor
     return {
         "objective": objective, "loss_agg_mode": agg, "mini_batches": len(batch) // mini_batch, "steps": steps,
-        "actor": {k: float(actor[k]) for k in ACTOR_FIELDS},
+        "actor": {k: float(actor[k]) for k in RECORDED_FIELDS},
     }  # fmt: skip
 
 

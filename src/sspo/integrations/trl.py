@@ -7,9 +7,11 @@ replaces only ``GRPOTrainer._compute_loss`` with one call to :func:`sspo.policy_
 Normalisation follows TRL: ``token-mean`` uses TRL's DAPO normaliser (active tokens of the whole
 accumulation window, across processes); the ``seq-mean-*`` modes average over the micro-batch's
 sequences and divide by the number of accumulation steps, as TRL's ``grpo`` loss does.
-vLLM's importance-sampling correction is folded into the advantages
-(:mod:`sspo.integrations._weights`). Supported TRL: :data:`SUPPORTED_TRL` (the override mirrors
-TRL's private ``_compute_loss`` inputs, which change between minor versions).
+vLLM's importance-sampling correction (``importance_sampling_ratio``) goes to :func:`sspo.policy_loss`
+as ``rollout_is_weights`` (``[B, T]`` in TRL's token modes, ``[B]`` in its sequence modes), and TRL's
+off-policy sequence mask (``off_policy_mask_threshold``) sets the advantage of each sequence it drops
+to 0. Supported TRL: :data:`SUPPORTED_TRL` (the override mirrors TRL's private ``_compute_loss``
+inputs, which change between minor versions).
 
 :class:`CodeRewardFunc` is a ``GRPOTrainer`` reward function for coding data: it runs each completion's
 program against its row's tests in sspo's sandbox (:class:`sspo.rewards.CodeScorer`).
@@ -22,8 +24,6 @@ from dataclasses import dataclass, field
 import torch
 
 import sspo
-
-from ._weights import fold_sample_weights
 
 try:
     import trl
@@ -38,24 +38,47 @@ METRIC_PREFIX = "sspo/"
 """Every :func:`sspo.policy_loss` metric is logged by TRL as ``sspo/<name>``."""
 
 
+CLIP_OBJECTIVES = ("grpo", "gspo", "gspo_token", "luspo")
+"""Objectives whose ``eps_low``/``eps_high`` are TRL's ``epsilon``/``epsilon_high``."""
+DPPO_OBJECTIVES = ("dppo_tv", "dppo_kl")
+TOKEN_IS_MODES = ("token_truncate", "token_mask")
+"""TRL's ``vllm_importance_sampling_mode``s with a weight per token; the others weigh whole sequences."""
+
+
 @dataclass
 class SSPOGRPOConfig(GRPOConfig):
     """``GRPOConfig`` plus the choice of sspo objective. TRL's own knobs keep their meaning:
-    ``epsilon``/``epsilon_high`` are ``eps_low``/``eps_high`` (grpo, gspo, gspo_token; set 3e-4/4e-4 for
-    GSPO), ``sapo_temperature_pos/neg`` are ``tau_pos``/``tau_neg`` (sapo, sspo), ``beta`` is the k3 KL
-    coefficient and ``entropy_coef`` the entropy bonus. ``loss_type`` and ``importance_sampling_level``
-    are replaced by ``sspo_objective``."""
+    ``epsilon``/``epsilon_high`` are ``eps_low``/``eps_high`` (grpo, gspo, gspo_token, luspo; set 3e-4/4e-4
+    for GSPO and LUSPO), ``sapo_temperature_pos/neg`` are ``tau_pos``/``tau_neg`` (sapo, sspo),
+    ``vespo_k_pos``/``vespo_lambda_pos``/``vespo_k_neg``/``vespo_lambda_neg`` are VESPO's shape, ``beta``
+    is the k3 KL coefficient and ``entropy_coef`` the entropy bonus. ``loss_type`` and
+    ``importance_sampling_level`` are replaced by ``sspo_objective``."""
 
     sspo_objective: str = field(default="sspo", metadata={"help": f"One of {', '.join(sspo.OBJECTIVES)}."})
     sspo_loss_agg_mode: str | None = field(
         default=None,
         metadata={"help": "token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm; "
-                  "None: the objective's default (token-mean for cispo, else seq-mean-token-mean)."},
+                  "None: the objective's default (sspo.get_objective(name).default_agg_mode)."},
     )  # fmt: skip
     sspo_gate: str = field(default="arctan", metadata={"help": "SSPO gate: a name in sspo.GATES."})
     sspo_gmpo_clip_low: float = field(default=0.4, metadata={"help": "GMPO log-space clip c_low."})
     sspo_gmpo_clip_high: float = field(default=0.4, metadata={"help": "GMPO log-space clip c_high."})
     sspo_cispo_ratio_max: float = field(default=5.0, metadata={"help": "CISPO cap r_max of the IS weight."})
+    sspo_dppo_clip_ratio: float | None = field(
+        default=None, metadata={"help": "DPPO divergence threshold δ (None: the objective's default)."}
+    )
+    sspo_dppo_clip_ratio_low: float | None = field(
+        default=None, metadata={"help": "DPPO threshold δ_low for A ≤ 0 (None: sspo_dppo_clip_ratio)."}
+    )
+    sspo_dppo_clip_ratio_high: float | None = field(
+        default=None, metadata={"help": "DPPO threshold δ_high for A > 0 (None: sspo_dppo_clip_ratio)."}
+    )
+    sspo_dppo_clip_ratio_c: float | None = field(
+        default=None, metadata={"help": "DPPO truncation c of the ratio (None: the objective's default)."}
+    )
+    sspo_m2po_threshold: float | None = field(
+        default=None, metadata={"help": "M2PO second-moment bound τ_M2 (None: the objective's default)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -67,18 +90,15 @@ class SSPOGRPOConfig(GRPOConfig):
         for name, bad, fix in _UNSUPPORTED:
             if bad(self):
                 raise ValueError(f"SSPOGRPOConfig: {name} is not supported by the sspo loss; {fix}")
-        token_is = self.vllm_importance_sampling_mode in ("token_truncate", "token_mask")
-        uses_is = self.use_vllm and self.vllm_importance_sampling_correction
-        if uses_is and token_is and sspo.get_objective(self.sspo_objective).sequence_level:
-            raise ValueError(
-                f"vllm_importance_sampling_mode={self.vllm_importance_sampling_mode!r} gives token weights, which the "
-                f"sequence-level objective {self.sspo_objective!r} cannot take: use 'sequence_mask' or 'sequence_truncate'"
-            )
+        # the objective's hyperparameters and aggregation mode, checked now rather than at the first step
+        one = torch.zeros(1, 1)
+        sspo.policy_loss(self.sspo_objective, one, one, torch.ones(1), torch.ones(1, 1, dtype=torch.bool),
+                         loss_agg_mode=self.sspo_loss_agg_mode, **self.objective_hyperparameters())  # fmt: skip
 
     def objective_hyperparameters(self) -> dict:
         """The ``**hyperparameters`` of :func:`sspo.policy_loss` for ``sspo_objective``."""
         name = self.sspo_objective
-        if name in ("grpo", "gspo", "gspo_token"):
+        if name in CLIP_OBJECTIVES:
             high = self.epsilon_high if self.epsilon_high is not None else self.epsilon
             return {"eps_low": self.epsilon, "eps_high": high}
         if name in ("sapo", "sspo"):
@@ -88,6 +108,15 @@ class SSPOGRPOConfig(GRPOConfig):
             return {"clip_low": self.sspo_gmpo_clip_low, "clip_high": self.sspo_gmpo_clip_high}
         if name == "cispo":
             return {"ratio_max": self.sspo_cispo_ratio_max}
+        if name == "vespo":
+            return {"k_pos": self.vespo_k_pos, "lambda_pos": self.vespo_lambda_pos,
+                    "k_neg": self.vespo_k_neg, "lambda_neg": self.vespo_lambda_neg}  # fmt: skip
+        if name in DPPO_OBJECTIVES:
+            given = {"clip_ratio": self.sspo_dppo_clip_ratio, "clip_ratio_low": self.sspo_dppo_clip_ratio_low,
+                     "clip_ratio_high": self.sspo_dppo_clip_ratio_high, "clip_ratio_c": self.sspo_dppo_clip_ratio_c}  # fmt: skip
+            return {k: v for k, v in given.items() if v is not None}
+        if name == "m2po" and self.sspo_m2po_threshold is not None:
+            return {"m2_threshold": self.sspo_m2po_threshold}
         return {}
 
 
@@ -97,8 +126,6 @@ _UNSUPPORTED = (
      "the objective decides (sspo_objective='gspo' is the sequence-level ratio)"),
     ("delta", lambda a: a.delta is not None, "set delta=None"),
     ("top_entropy_quantile", lambda a: a.top_entropy_quantile < 1.0, "set top_entropy_quantile=1.0"),
-    ("off_policy_mask_threshold", lambda a: a.off_policy_mask_threshold is not None,
-     "set off_policy_mask_threshold=None"),
     ("use_adaptive_entropy", lambda a: a.use_adaptive_entropy, "use a fixed entropy_coef"),
     ("use_bias_correction_kl", lambda a: a.beta != 0.0 and a.use_bias_correction_kl,
      "the sspo KL term is plain k3: set use_bias_correction_kl=False"),
@@ -118,9 +145,9 @@ class SSPOGRPOTrainer(GRPOTrainer):
             raise TypeError(f"SSPOGRPOTrainer needs args=SSPOGRPOConfig(...), got {type(self.args).__name__}")
 
     def sspo_loss_inputs(self, model, inputs: dict) -> dict:
-        """The tensors the loss reads: ``log_probs``, ``old_log_probs``, ``advantages`` (vLLM IS folded in),
-        ``mask``, ``entropy``, ``ref_log_probs`` and the MoE ``aux_loss``, exactly as TRL's ``_compute_loss``
-        builds them."""
+        """The tensors the loss reads: ``log_probs``, ``old_log_probs``, ``advantages`` (0 for the sequences
+        TRL's off-policy mask drops), ``mask``, ``rollout_is_weights`` (vLLM's correction), ``entropy``,
+        ``ref_log_probs`` and the MoE ``aux_loss``, exactly as TRL's ``_compute_loss`` builds them."""
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
@@ -132,15 +159,28 @@ class SSPOGRPOTrainer(GRPOTrainer):
             compute_aux_loss=self.aux_loss_enabled, **{k: inputs.get(k) for k in optional},
         )  # fmt: skip
         old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old
+        advantages = inputs["advantages"]
+        if self.args.off_policy_mask_threshold is not None:
+            # TRL's mask multiplies the sequence's loss terms by 0 (it stays in the normalisers); every sspo
+            # objective's term vanishes at A = 0, so the same is a zero advantage
+            keep = GRPOTrainer.get_off_policy_mask(
+                advantages=advantages[:, None] if advantages.dim() == 1 else advantages, per_token_logps=logps,
+                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old), mask=mask,
+                off_policy_threshold=self.args.off_policy_mask_threshold,
+            )  # fmt: skip
+            advantages = advantages * (keep[:, 0] if advantages.dim() == 1 else keep).to(advantages.dtype)
         weights = None
         if self.use_vllm and self.vllm_importance_sampling_correction:
-            weights = inputs["importance_sampling_ratio"]
-        advantages = fold_sample_weights(self.args.sspo_objective, inputs["advantages"], weights, mask)
+            weights = inputs["importance_sampling_ratio"]  # [B, T] (token modes) or [B, 1] (sequence modes)
+            if self.args.vllm_importance_sampling_mode not in TOKEN_IS_MODES:
+                weights = weights.reshape(-1)
         return {
             "log_probs": logps,
-            "old_log_probs": logps.detach() if old is None else old,
+            "old_log_probs": old,
             "advantages": advantages,
             "mask": mask,
+            "rollout_is_weights": weights,
             "entropy": entropies,
             "ref_log_probs": inputs.get("ref_per_token_logps"),
             "aux_loss": aux_loss,
@@ -171,7 +211,8 @@ class SSPOGRPOTrainer(GRPOTrainer):
         out = sspo.policy_loss(
             self.args.sspo_objective, x["log_probs"], x["old_log_probs"], x["advantages"], x["mask"],
             kl_coef=self.beta, ref_log_probs=x["ref_log_probs"], kl_estimator="k3",
-            entropy=x["entropy"], entropy_coef=self.entropy_coef, **norm, **self.args.objective_hyperparameters(),
+            entropy=x["entropy"], entropy_coef=self.entropy_coef, rollout_is_weights=x["rollout_is_weights"],
+            **norm, **self.args.objective_hyperparameters(),
         )  # fmt: skip
         loss = out.loss / divisor
         if self.aux_loss_enabled:
@@ -209,7 +250,14 @@ class CodeRewardFunc:
     __name__ = "code_reward"
     """TRL logs the reward under this name (``rewards/code_reward/mean``)."""
 
-    def __init__(self, *, timeout: float = 5.0, memory_mb: int = 1024, partial: bool = False, workers: int | None = None):
+    def __init__(
+        self,
+        *,
+        timeout: float = 5.0,
+        memory_mb: int = 1024,
+        partial: bool = False,
+        workers: int | None = None,
+    ):
         from sspo.rewards.code.scorer import _check_options
 
         _check_options(timeout, memory_mb, partial)
@@ -221,16 +269,25 @@ class CodeRewardFunc:
         if self._scorer is None:
             from sspo.rewards import CodeScorer
 
-            self._scorer = CodeScorer(self.workers, timeout=self.timeout, memory_mb=self.memory_mb, partial=self.partial)
+            self._scorer = CodeScorer(
+                self.workers, timeout=self.timeout, memory_mb=self.memory_mb, partial=self.partial
+            )
         return self._scorer
 
-    def __call__(self, completions, tests, entry_point, prefix=None, log_metric=None, **kwargs) -> list[float]:
+    def __call__(
+        self, completions, tests, entry_point, prefix=None, log_metric=None, **kwargs
+    ) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         prefixes = prefix if prefix is not None else [""] * len(texts)
-        problems = [{"tests": t, "entry_point": e, "prefix": p or ""} for t, e, p in zip(tests, entry_point, prefixes, strict=True)]
+        problems = [
+            {"tests": t, "entry_point": e, "prefix": p or ""}
+            for t, e, p in zip(tests, entry_point, prefixes, strict=True)
+        ]
         grades = self.scorer.grade_batch(texts, problems)
         if log_metric is not None and grades:
-            log_metric("code/sandbox_error_frac", sum(g.status == "sandbox_error" for g in grades) / len(grades))
+            log_metric(
+                "code/sandbox_error_frac", sum(g.status == "sandbox_error" for g in grades) / len(grades)
+            )
         return [g.score for g in grades]
 
     def close(self) -> None:

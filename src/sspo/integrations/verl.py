@@ -7,17 +7,18 @@ verl ``policy_loss.loss_mode``  sspo objective
 ============================  ===========================================
 ``sspo``                      ``sspo`` with the ``arctan`` gate (default)
 ``sspo_<gate>``               ``sspo`` with every other gate of :data:`sspo.GATES` (``sspo_sigmoid``, ...)
-``sspo_<name>``               every other objective (``sspo_grpo``, ``sspo_gspo``,
-                              ``sspo_gspo_token``, ``sspo_gmpo``, ``sspo_sapo``, ``sspo_cispo``)
+``sspo_<name>``               every other objective (``sspo_grpo``, ``sspo_gspo``, ``sspo_gspo_token``,
+                              ``sspo_gmpo``, ``sspo_sapo``, ``sspo_cispo``, ``sspo_vespo``, ``sspo_luspo``,
+                              ``sspo_dppo_tv``, ``sspo_dppo_kl``, ``sspo_m2po``, ...)
 ============================  ===========================================
 
 verl imports the module in every worker when ``VERL_USE_EXTERNAL_MODULES=sspo.integrations.verl``
 is set in the environment (``import verl`` reads it). Hyperparameters come from verl's actor
-config (see :func:`hyperparameters_from_config`); the micro-batch loss is normalised with verl's
-global batch counts (``config.global_batch_info``) exactly like verl's ``agg_loss``, so the
-micro-batch losses of one mini-batch sum (after verl's DP averaging) to the loss of the whole
-mini-batch (docs/objectives.md). verl's rollout-correction weights ``rollout_is_weights`` are folded
-into the advantages (:mod:`sspo.integrations._weights`).
+config (see :func:`hyperparameters_from_config`) or are fixed at registration (:func:`register`);
+the micro-batch loss is normalised with verl's global batch counts (``config.global_batch_info``)
+exactly like verl's ``agg_loss``, so the micro-batch losses of one mini-batch sum (after verl's DP
+averaging) to the loss of the whole mini-batch (docs/objectives.md). verl's rollout-correction weights
+``rollout_is_weights`` go to :func:`sspo.policy_loss` as ``rollout_is_weights`` (:func:`rollout_weights`).
 
 Importing it also lets verl's FSDP engine build models beside TRL 1.x
 (:func:`neutralise_trl_value_head_patch`).
@@ -34,8 +35,6 @@ import torch
 
 import sspo
 
-from ._weights import fold_sample_weights
-
 try:
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
 except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -44,12 +43,15 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "(see docs/integrations.md)"
     ) from err
 
-CLIP_OBJECTIVES = ("grpo", "gspo", "gspo_token")
+CLIP_OBJECTIVES = ("grpo", "gspo", "gspo_token", "luspo")
 """Objectives whose ``eps_low``/``eps_high`` are verl's ``clip_ratio_low``/``clip_ratio_high``."""
-
-SEQUENCE_AGG_HINT = (
-    "set actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean (verl's default is token-mean)"
-)
+DPPO_OBJECTIVES = ("dppo_tv", "dppo_kl")
+"""Objectives whose thresholds carry verl's names and are read as verl's own ``dppo_tv``/``dppo_kl`` read them."""
+ROLLOUT_IS_LEVELS = ("token", "sequence")
+"""verl's ``algorithm.rollout_correction.rollout_is`` levels."""
+DPPO_CLIP_RATIO_C_FALLBACK = 20.0
+"""verl's ``dppo_*`` truncation when the config has no ``clip_ratio_c`` (``config.get("clip_ratio_c", 20.0)``);
+verl's ``ActorConfig`` always has one (default 3.0), and then that is used, as verl does."""
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -58,6 +60,10 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
         return default
     value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
     return default if value is None else value
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def verl_names() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -71,20 +77,35 @@ def verl_names() -> dict[str, tuple[str, dict[str, Any]]]:
                     names[f"sspo_{gate}"] = ("sspo", {"gate": gate})
         else:
             names[f"sspo_{objective}"] = (objective, {})
+    expected = len(sspo.OBJECTIVES) + len(sspo.GATES) - 1
+    if len(names) != expected:  # a gate named like an objective would shadow it
+        raise RuntimeError(f"verl loss names collide: {sorted(names)}")
     return names
 
 
-def hyperparameters_from_config(objective: str, config: Any) -> dict[str, float]:
+def hyperparameters_from_config(objective: str, config: Any) -> dict[str, Any]:
     """The objective's hyperparameters read from a verl ``ActorConfig``.
 
-    - ``grpo``, ``gspo``, ``gspo_token``: ``eps_low = clip_ratio_low``, ``eps_high = clip_ratio_high``
+    - ``grpo``, ``gspo``, ``gspo_token``, ``luspo``: ``eps_low = clip_ratio_low``, ``eps_high = clip_ratio_high``
       (each falls back to ``clip_ratio``), as verl's ``vanilla``/``gspo``;
     - ``gmpo``: ``clip_low = clip_ratio_low``, ``clip_high = clip_ratio_high`` (log-space clip, as verl's
       ``geo_mean``);
     - ``sapo``, ``sspo``: ``tau_pos``, ``tau_neg`` (the actor fields verl's ``sapo`` reads);
-    - ``cispo``: ``ratio_max = 1 + clip_ratio_high`` (verl's ``cispo`` caps the ratio at ``1 + clip_ratio_high``).
+    - ``cispo``: ``ratio_max = 1 + clip_ratio_high`` (verl's ``cispo`` caps the ratio at ``1 + clip_ratio_high``);
+    - ``dppo_tv``, ``dppo_kl``: ``clip_ratio``, ``clip_ratio_low``, ``clip_ratio_high`` (None: ``clip_ratio``)
+      and ``clip_ratio_c = config.get("clip_ratio_c", 20.0)``, exactly as verl's ``dppo_tv``/``dppo_kl``
+      (with verl's ``ActorConfig`` that is its ``clip_ratio_c``, default 3.0);
+    - every other objective (``vespo``, ``m2po``, ...): nothing; its defaults, or the hyperparameters fixed
+      by :func:`register`.
     """
     clip = _get(config, "clip_ratio", 0.2)
+    if objective in DPPO_OBJECTIVES:
+        return {
+            "clip_ratio": float(clip),
+            "clip_ratio_low": _optional_float(_get(config, "clip_ratio_low")),
+            "clip_ratio_high": _optional_float(_get(config, "clip_ratio_high")),
+            "clip_ratio_c": float(_get(config, "clip_ratio_c", DPPO_CLIP_RATIO_C_FALLBACK)),
+        }
     low, high = _get(config, "clip_ratio_low", clip), _get(config, "clip_ratio_high", clip)
     if objective in CLIP_OBJECTIVES:
         return {"eps_low": float(low), "eps_high": float(high)}
@@ -98,6 +119,62 @@ def hyperparameters_from_config(objective: str, config: Any) -> dict[str, float]
     if objective == "cispo":
         return {"ratio_max": 1.0 + float(high)}
     return {}
+
+
+def rollout_is_level(weights: torch.Tensor, mask: torch.Tensor) -> str:
+    """The level of verl's ``[B, T]`` ``rollout_is_weights``: ``"sequence"`` when every valid row's weight
+    is the same on all of its valid tokens (verl broadcasts a sequence weight over the row), else
+    ``"token"``. One host sync.
+
+    The actor does not know ``algorithm.rollout_correction.rollout_is`` (verl hands its actor only
+    ``actor_rollout_ref``; ``policy_loss.rollout_correction`` is filled in bypass mode only), hence the
+    inference. Token weights are read as sequence weights only if every row of the micro-batch is
+    constant, e.g. one-token rows (where both readings agree) or rows truncated at the threshold on
+    every token; :func:`register` with ``rollout_is_level=`` removes the guess.
+    """
+    mask = mask.bool()
+    big = torch.full((), float("inf"), dtype=weights.dtype, device=weights.device)
+    lo = torch.where(mask, weights, big).amin(-1)
+    hi = torch.where(mask, weights, -big).amax(-1)
+    constant = (hi == lo) | ~mask.any(-1)
+    return "sequence" if bool(constant.all()) else "token"
+
+
+def rollout_weights(objective: str, weights: torch.Tensor | None, mask: torch.Tensor,
+                    level: str | None = None) -> torch.Tensor | None:  # fmt: skip
+    """verl's ``rollout_is_weights`` as :func:`sspo.policy_loss` takes them (``[B, T]`` token weights,
+    ``[B]`` sequence weights).
+
+    Only an objective that folds the weight into its own sequence weight (``own_rollout_weight``:
+    ``vespo``) reads the level: it adds ``Σ_t log ρ_t`` for token weights and ``log ρ_i`` once for a
+    sequence weight, which verl hands broadcast to ``[B, T]``. ``level``: ``"token"``, ``"sequence"``
+    or None (inferred by :func:`rollout_is_level`). Every other objective multiplies its token terms by
+    the ``[B, T]`` weights (a sequence-level objective by their mean over the row), whatever the level.
+    """
+    if weights is None:
+        return None
+    if level is not None and level not in ROLLOUT_IS_LEVELS:
+        raise ValueError(
+            f"rollout_is_level={level!r} is not one of None, {', '.join(map(repr, ROLLOUT_IS_LEVELS))}"
+        )
+    weights = weights.detach()
+    if (
+        weights.dim() != 2
+        or weights.shape != mask.shape
+        or not sspo.get_objective(objective).own_rollout_weight
+    ):
+        return weights  # policy_loss checks the shape
+    mask = mask.bool()
+    if level == "token":
+        return weights
+    inferred = rollout_is_level(weights, mask)
+    if level == "sequence" and inferred == "token":
+        raise ValueError("rollout_is_level='sequence' but rollout_is_weights vary inside a sequence "
+                         "(algorithm.rollout_correction.rollout_is=token?)")  # fmt: skip
+    if inferred == "token":
+        return weights
+    row = torch.where(mask, weights, torch.zeros((), dtype=weights.dtype, device=weights.device)).amax(-1)
+    return torch.where(mask.any(-1), row, torch.zeros_like(row))
 
 
 def normalisers(config: Any, loss_agg_mode: str) -> tuple[dict[str, Any], float, str]:
@@ -143,10 +220,26 @@ def verl_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def make_policy_loss(objective: str, fixed: dict[str, Any] | None = None) -> Callable:
-    """A function with verl's policy-loss signature computing :func:`sspo.policy_loss` ``objective``."""
-    sspo.get_objective(objective)  # fail early on a bad name
+def _agg_hint(objective: str) -> str:
+    modes = " or ".join(sspo.get_objective(objective).agg_modes)
+    return f"in verl, set actor_rollout_ref.actor.loss_agg_mode={modes} (verl's default is token-mean)"
+
+
+def make_policy_loss(objective: str, fixed: dict[str, Any] | None = None, *,
+                     rollout_is_level: str | None = None) -> Callable:  # fmt: skip
+    """A function with verl's policy-loss signature computing :func:`sspo.policy_loss` ``objective``.
+
+    ``fixed``: hyperparameters that override those read from the actor config. ``rollout_is_level``: the
+    level of verl's ``rollout_is_weights`` (None: inferred, see :func:`rollout_weights`)."""
+    spec = sspo.get_objective(objective)  # fail early on a bad name
     fixed = dict(fixed or {})
+    unknown = set(fixed) - set(spec.defaults)
+    if unknown:
+        raise ValueError(f"objective {objective!r} has no hyperparameter {', '.join(sorted(unknown))}; "
+                         f"valid: {', '.join(spec.defaults) or '(none)'}")  # fmt: skip
+    if rollout_is_level is not None and rollout_is_level not in ROLLOUT_IS_LEVELS:
+        raise ValueError(f"rollout_is_level={rollout_is_level!r} is not one of None, "
+                         f"{', '.join(map(repr, ROLLOUT_IS_LEVELS))}")  # fmt: skip
 
     def policy_loss_fn(
         old_log_prob: torch.Tensor,
@@ -157,16 +250,15 @@ def make_policy_loss(objective: str, fixed: dict[str, Any] | None = None) -> Cal
         config: Any = None,
         rollout_is_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        advantages = fold_sample_weights(objective, advantages, rollout_is_weights, response_mask)
         hp = {**hyperparameters_from_config(objective, config), **fixed}
         norm, dp_size, mode = normalisers(config, loss_agg_mode)
+        weights = rollout_weights(objective, rollout_is_weights, response_mask, rollout_is_level)
         try:
-            out = sspo.policy_loss(
-                objective, log_prob, old_log_prob, advantages, response_mask, loss_agg_mode=mode, **norm, **hp
-            )
+            out = sspo.policy_loss(objective, log_prob, old_log_prob, advantages, response_mask,
+                                   loss_agg_mode=mode, rollout_is_weights=weights, **norm, **hp)  # fmt: skip
         except ValueError as err:
-            if "sequence-level" in str(err):
-                raise ValueError(f"{err}; in verl, {SEQUENCE_AGG_HINT}") from err
+            if mode not in spec.agg_modes:
+                raise ValueError(f"{err}; {_agg_hint(objective)}") from err
             raise
         return out.loss * dp_size, verl_metrics(out.metrics)
 
@@ -178,15 +270,39 @@ def make_policy_loss(objective: str, fixed: dict[str, Any] | None = None) -> Cal
     return policy_loss_fn
 
 
-def register_all(overwrite: bool = False) -> dict[str, Callable]:
-    """Register every name of :func:`verl_names` with verl; refuse to shadow one of verl's own losses."""
-    registered = {}
-    for name, (objective, fixed) in verl_names().items():
-        existing = POLICY_LOSS_REGISTRY.get(name)
-        if existing is not None and not overwrite and not existing.__name__.startswith("sspo_policy_loss_"):
+def register(name: str, objective: str, *, rollout_is_level: str | None = None, overwrite: bool = False,
+             **hyperparameters) -> Callable:  # fmt: skip
+    """Register ``objective`` with fixed ``hyperparameters`` as verl loss ``name``; returns the function.
+
+    For hyperparameters verl's ``ActorConfig`` has no field for (``vespo``'s ``k_pos``, ``lambda_pos``,
+    ``k_neg``, ``lambda_neg``; ``m2po``'s ``m2_threshold``), from a module of your own listed in
+    ``VERL_USE_EXTERNAL_MODULES``::
+
+        import sspo.integrations.verl as sv
+        sv.register("sspo_vespo_k1", "vespo", k_pos=1.0, lambda_pos=2.0)
+
+    ``rollout_is_level`` declares verl's ``algorithm.rollout_correction.rollout_is`` (None: inferred from
+    the weights). Fixed hyperparameters override those read from the actor config. A name verl owns is
+    refused; one of this plug-in's is replaced only with ``overwrite=True``.
+    """
+    existing = POLICY_LOSS_REGISTRY.get(name)
+    if existing is not None:
+        ours = getattr(existing, "__name__", "").startswith("sspo_policy_loss_")
+        if not ours:
             raise ValueError(f"verl already has a policy loss named {name!r}; refusing to replace it")
-        registered[name] = register_policy_loss(name)(make_policy_loss(objective, fixed))
-    return registered
+        if not overwrite:
+            raise ValueError(f"{name!r} is registered already; pass overwrite=True to replace it")
+    fn = make_policy_loss(objective, hyperparameters, rollout_is_level=rollout_is_level)
+    return register_policy_loss(name)(fn)
+
+
+def register_all() -> dict[str, Callable]:
+    """Register every name of :func:`verl_names` with verl; refuse to shadow one of verl's own losses
+    (this plug-in's own names are replaced, so that importing the module twice is harmless)."""
+    return {
+        name: register(name, objective, overwrite=True, **fixed)
+        for name, (objective, fixed) in verl_names().items()
+    }
 
 
 @functools.cache
