@@ -136,3 +136,20 @@ def test_builtin_gates_survive_an_overwrite(monkeypatch):
     sspo.register_gate("erf_ratio", _tanh_ratio, space="ratio", overwrite=True)
     assert BUILTIN_GATES["erf_ratio"] is original and sspo.GATES["erf_ratio"].fn is _tanh_ratio
     assert original.half_weight_at == pytest.approx(math.sqrt(2 * math.log(2)))
+
+
+def test_gates_register_and_import_under_no_grad(monkeypatch):
+    """Importing sspo (which registers the built-in gates) or registering a gate inside a caller's
+    ``torch.no_grad()`` works: the checks turn autograd on for themselves (a rollout worker imports the
+    objectives lazily under no_grad)."""
+    import subprocess
+    import sys
+
+    code = "import torch\nwith torch.no_grad():\n    import sspo.objectives as o\n    print(len(o.GATES))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert int(out.stdout.strip()) >= 7
+    monkeypatch.setattr(gates, "_REGISTRY", dict(gates._REGISTRY))  # the registry is left as it was
+    with torch.no_grad():
+        gate = sspo.register_gate("no_grad_arctan", lambda x, tau: torch.atan(tau * x) / tau, overwrite=True)
+    assert gate.name == "no_grad_arctan"

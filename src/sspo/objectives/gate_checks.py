@@ -90,5 +90,6 @@ def check_gate(gate: Gate, *, taus: tuple[float, ...] = CHECK_TAUS) -> None:
     """Raise ``ValueError`` naming the gate, the failed condition and τ unless ``gate`` passes its
     space's conditions for every τ in ``taus``."""
     check = _check_log_gate if gate.space == "log" else _check_ratio_gate
-    for tau in taus:
-        check(gate, torch.tensor(float(tau), dtype=_F64))
+    with torch.enable_grad():  # the checks differentiate: they hold under a caller's torch.no_grad() too
+        for tau in taus:
+            check(gate, torch.tensor(float(tau), dtype=_F64))

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .asynchronous.config import AsyncConfig, check_async_config
+
 TASK_REWARDS = ("answer", "answer_and_work", "partial")
 """Training rewards of ``task.reward`` (``answer_and_work``: math tasks only; ``partial``: code tasks only)."""
 SFT_SCHEDULES = ("cosine", "linear", "constant")
@@ -243,6 +245,8 @@ class TrainConfig:
     update: UpdateConfig = field(default_factory=UpdateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
+    """The ``async`` section (``async`` is a Python keyword): rollout workers beside the learner."""
     steps: int = 50
     """Training steps (one rollout batch each)."""
     time_budget_s: float | None = None
@@ -332,14 +336,21 @@ def _to_int(value: Any) -> int:
     return int(number)
 
 
+SECTION_ALIASES = {"async": "async_"}
+"""Section names that are Python keywords, and the attribute each is held under."""
+
+
 def _build(cls, data: dict, prefix: str = ""):
     hints = _field_types(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        key = SECTION_ALIASES.get(key, key) if cls is TrainConfig else key
         if key not in known:
-            raise ConfigError(f"{path}: unknown field; valid fields of {cls.__name__}: {', '.join(sorted(known))}")
+            shown = {attribute: name for name, attribute in SECTION_ALIASES.items()}
+            valid = sorted(shown.get(k, k) for k in known)
+            raise ConfigError(f"{path}: unknown field; valid fields of {cls.__name__}: {', '.join(valid)}")
         kwargs[key] = _coerce(path, value, hints[key]) if not dataclasses.is_dataclass(hints[key]) else (
             _build(hints[key], value, f"{path}.") if isinstance(value, dict) else _coerce(path, value, hints[key])
         )  # fmt: skip
@@ -404,8 +415,11 @@ def config_from_dict(data: dict, *, check: bool = True) -> TrainConfig:
 
 
 def to_dict(config: TrainConfig) -> dict:
-    """Plain nested mapping (tuples as lists), YAML/JSON-ready."""
-    return _plain(dataclasses.asdict(config))
+    """Plain nested mapping (tuples as lists), YAML/JSON-ready; sections under their own names (``async``)."""
+    plain = _plain(dataclasses.asdict(config))
+    for name, attribute in SECTION_ALIASES.items():
+        plain[name] = plain.pop(attribute)
+    return plain
 
 
 def _plain(value):
@@ -535,6 +549,14 @@ def validate(config: TrainConfig) -> None:
              f"proximal centres the ratios on the current policy, so the sampler's distance to it ({gap}) would "
              "go uncorrected: add objective.rollout_correction.rollout_is=token (decoupled PPO) or rollout_rs, "
              "or set update.old_logprobs=sampler")  # fmt: skip
+    check_async_config(config.async_)
+    a = config.async_
+    _require(not a.workers or u.staleness == 0, "async.workers",
+             "rollout workers make the staleness real: set update.staleness=0 (it simulates it in one process)")  # fmt: skip
+    _require(u.old_logprobs != "proximal" or not a.workers or a.max_staleness == 0 or corrected, "update.old_logprobs",
+             "proximal centres the ratios on the current policy, so the workers' staleness (async.max_staleness) "
+             "would go uncorrected: add objective.rollout_correction.rollout_is=token (decoupled PPO) or "
+             "rollout_rs, or set update.old_logprobs=sampler")  # fmt: skip
     _require(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
     _require(e.num_problems >= 1, "eval.num_problems", f"must be >= 1, got {e.num_problems}")
     _require(e.pass_k >= 0, "eval.pass_k", f"must be >= 0, got {e.pass_k}")

@@ -15,6 +15,7 @@ non-finite weights are never checkpointed; verifier errors are warned about and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -45,7 +46,7 @@ from .plots import plot_run
 from .policy import response_logprobs, response_logprobs_no_grad
 from .quiet import hf_progress_bars_off
 from .rewards import task_reward
-from .rollout import logprob_mismatch, make_rollout
+from .rollout import add_learner_log_probs, logprob_mismatch, make_rollout, problems_for
 from .warm_start import prepare_model
 
 CONFIG_FILE = "config.yaml"
@@ -94,6 +95,16 @@ def progress_bound(steps: int, time_budget_s: float | None, step: int, elapsed: 
     if step == 0 or elapsed / step * steps <= time_budget_s:
         return "steps", steps, step, f"steps; time cap {time_budget_s:g} s"
     return "seconds", time_budget_s, min(elapsed, time_budget_s), f"training seconds; at most {steps} steps"
+
+
+def _to_device(batch, device: torch.device):
+    """A worker's :class:`RolloutBatch` (on the CPU) with its tensors on the learner's ``device``."""
+    if device.type == "cpu":
+        return batch
+    for name, value in vars(batch).items():
+        if torch.is_tensor(value):
+            setattr(batch, name, value.to(device))
+    return batch
 
 
 def _resolve_device(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
@@ -207,6 +218,8 @@ class Trainer:
         self.reference = self._frozen_copy() if config.objective.kl_coef > 0 else None
         self.behaviour = self._frozen_copy() if config.update.staleness > 0 else None
         self.history: deque[dict] = deque(maxlen=config.update.staleness + 1)
+        self.rollouts = None
+        """The :class:`~sspo.trainer.asynchronous.RolloutScheduler` while a run with ``async.workers > 0`` trains."""
         self.step = 0
         self.updates = 0
         self.elapsed = 0.0
@@ -249,6 +262,25 @@ class Trainer:
         self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
+    def _span(self, kind: str, step: int):
+        """A span of the learner's lane on the asynchronous run's timeline (nothing in a synchronous run)."""
+        return self.rollouts.timeline.span(kind, step=step) if self.rollouts is not None else contextlib.nullcontext()
+
+    def _rollout_workers(self):
+        """``async.workers`` rollout processes for the steps still to train (a context: no process outlives
+        it), or nothing for the synchronous trainer."""
+        a = self.config.async_
+        if not a.workers:
+            return contextlib.nullcontext()
+        from .asynchronous import RolloutScheduler, WeightChannel, WorkerSpec
+        from .asynchronous.trainer_rollout import TrainerRollout, policy_copy
+
+        rollout = TrainerRollout(self.config, self.tokenizer, self.train_problems, self.recompute_old)
+        spec = WorkerSpec(policy_copy(self.model, self.sampler_dtype), rollout, torch_threads=1)
+        channel = WeightChannel(self.model, version=self.updates)
+        return RolloutScheduler.from_config(a, spec, channel, updates_per_step=self.updates_per_step,
+                                            first_step=self.step + 1, log=self.log)  # fmt: skip
+
     def _frozen_copy(self):
         clone = copy.deepcopy(self.model).eval()
         for p in clone.parameters():
@@ -275,16 +307,7 @@ class Trainer:
         return self.sampler_copy
 
     def _problems_for(self, step: int) -> list:
-        p = self.config.rollout.prompts_per_step
-        pool = len(self.train_problems)
-        perms: dict[int, torch.Tensor] = {}  # one shuffle per pass over the pool
-        out = []
-        for pos in range((step - 1) * p, step * p):
-            epoch, offset = divmod(pos, pool)
-            if epoch not in perms:
-                perms[epoch] = torch.randperm(pool, generator=seeded(self.config.seed, 1, epoch))
-            out.append(self.train_problems[int(perms[epoch][offset])])
-        return out
+        return problems_for(self.train_problems, self.config.seed, self.config.rollout.prompts_per_step, step)
 
     def _evaluate(self) -> dict[str, float]:
         c = self.config
@@ -330,14 +353,28 @@ class Trainer:
         """Rollout + ``K × epochs`` updates; returns the step's metrics."""
         c = self.config
         t0 = time.perf_counter()
-        batch = make_rollout(
-            self._sampler(), self.tokenizer, self._problems_for(step), self.scorer,
-            samples_per_prompt=c.rollout.samples_per_prompt, max_new_tokens=c.rollout.max_new_tokens,
-            temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
-            advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
-            backend=c.rollout.backend, reference=self.reference, recompute=self.recompute_old,
-            truncated=c.rollout.truncated, proximal=self.model if self.old_logprobs == "proximal" else None,
-        )  # fmt: skip
+        proximal = self.model if self.old_logprobs == "proximal" else None
+        fresh = True  # the samples come from the current weights
+        if self.rollouts is None:
+            batch = make_rollout(
+                self._sampler(), self.tokenizer, self._problems_for(step), self.scorer,
+                samples_per_prompt=c.rollout.samples_per_prompt, max_new_tokens=c.rollout.max_new_tokens,
+                temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
+                advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
+                backend=c.rollout.backend, reference=self.reference, recompute=self.recompute_old,
+                truncated=c.rollout.truncated, proximal=proximal,
+            )  # fmt: skip
+            async_metrics = {}
+        else:  # a worker sampled and scored it; the learner adds the forwards that need its own models
+            from .asynchronous import AsyncWorkerError
+
+            try:
+                got = self.rollouts.get(step)
+            except AsyncWorkerError as exc:  # one line for the user; the worker's traceback went to the log
+                raise TrainingError(str(exc)) from exc
+            batch = add_learner_log_probs(_to_device(got.batch, self.device), reference=self.reference,
+                                          proximal=proximal, temperature=c.rollout.temperature)  # fmt: skip
+            fresh, async_metrics = got.staleness == 0, got.metrics
         self._check_rewards(step, batch.metrics)
         t_rollout = time.perf_counter() - t0
         stats = _StepStats()
@@ -347,8 +384,9 @@ class Trainer:
             for idx in self.mini_batches(step, epoch, batch.input_ids.shape[0]):
                 # without a recompute, the policy is its own behaviour policy until its first applied update
                 own = (counts["applied"] == 0 and self.old_logprobs == "sampler" and self.behaviour is None
-                       and self.sampler_dtype is None)
-                metrics, outcome = self._update(batch, idx, old_from_self=own)
+                       and self.sampler_dtype is None and fresh)
+                with self._span("update", step):
+                    metrics, outcome = self._update(batch, idx, old_from_self=own)
                 counts[outcome] += 1
                 if metrics is None:
                     continue
@@ -358,6 +396,7 @@ class Trainer:
         t_total = time.perf_counter() - t0
         out = stats.means()
         out.update(batch.metrics)
+        out.update(async_metrics)
         out.update({f"update/{k}": float(v) for k, v in counts.items()})
         out.update({
             "ratio/first_update_max_dev": first_dev, "lr": self.scheduler.get_last_lr()[0],
@@ -432,6 +471,8 @@ class Trainer:
             self.nonfinite_in_a_row = 0
             if self.behaviour is not None:
                 self.history.append(self._snapshot())
+            if self.rollouts is not None:  # the workers sample with these weights from now on
+                self.rollouts.publish(self.model, self.updates)
         else:
             self.nonfinite_in_a_row += 1
             self.log(f"warning: step {self.step}: update skipped, its loss or gradient is not finite "
@@ -490,6 +531,15 @@ class Trainer:
         return (f"no checkpoint was written yet: start again with a lower rate, `sspo train --config "
                 f"{self.run_dir / CONFIG_FILE} optim.lr=... out_dir=NEW_DIR`")  # fmt: skip
 
+    def _plot_timeline(self) -> None:
+        """``plots/timeline.png``: one lane per process (learner, workers), what each did over wall time."""
+        try:
+            self.rollouts.timeline.plot(self.run_dir / "plots" / "timeline.png",
+                                        title=f"{self.config.objective.name}: {self.config.async_.workers} rollout "
+                                              f"worker(s), max_staleness {self.config.async_.max_staleness}")  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a plot never fails a run
+            self.log(f"warning: the timeline plot failed ({exc})")
+
     def _checkpoint(self) -> None:
         self._require_finite_weights(f"checkpoint of step {self.step}")
         save_checkpoint(
@@ -537,7 +587,9 @@ class Trainer:
         _, total, done, label = progress_bound(c.steps, c.time_budget_s, self.step, self.elapsed)
         progress = Progress(total, enabled=c.progress, description=f"{c.objective.name} ({label})", completed=done)
         stopped = "steps"
+        workers = self._rollout_workers()
         try:
+            self.rollouts = workers.__enter__()
             while self.step < c.steps:
                 t0 = time.perf_counter()
                 self.step += 1
@@ -558,7 +610,15 @@ class Trainer:
                 if over_budget:
                     stopped = "time_budget"
                     break
+        except BaseException as exc:
+            workers.__exit__(type(exc), exc, exc.__traceback__)  # kills the workers at once
+            raise
+        else:
+            workers.__exit__(None, None, None)
         finally:
+            if self.rollouts is not None:
+                self._plot_timeline()
+            self.rollouts = None
             progress.close()
         final = self._evaluate()
         self.logger.log(self.step, final)
@@ -587,6 +647,7 @@ def train(config: TrainConfig, *, log=print) -> dict:
 
 
 RESUMABLE = ("steps", "time_budget_s", "checkpoint_every", "keep_checkpoints", "progress", "threads", "out_dir",
+             "async.workers", "async.worker_timeout_s",
              "eval.", "rollout.reward_workers", "rollout.reward_timeout", "rollout.code_memory_mb",
              "rollout.max_reward_error_frac", "rollout.backend", "update.max_consecutive_nonfinite",
              "update.micro_batch_size", "warm_start.cache_dir")  # fmt: skip

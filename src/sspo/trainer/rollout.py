@@ -10,6 +10,7 @@ from torch import Tensor
 from ..advantages import group_advantages
 from ..tasks import Problem, problem_prompt
 from ..tasks.prompts import has_chat_template
+from .asynchronous.timeline import span
 from .policy import response_logprobs_no_grad
 from .rewards import TaskReward
 from .sampling import sample
@@ -101,7 +102,8 @@ def make_rollout(
         backend=backend,
     )  # fmt: skip
     completions = decode_responses(tokenizer, out.response_ids, out.response_mask)
-    rewards_list, reward_metrics = scorer.score_batch(completions, [p for p in problems for _ in range(samples_per_prompt)])
+    with span("score"):  # marks the rollout worker's timeline; nothing in the synchronous trainer
+        rewards_list, reward_metrics = scorer.score_batch(completions, [p for p in problems for _ in range(samples_per_prompt)])
     mask = out.response_mask
     cut = truncated_rows(out.response_ids, mask, tokenizer.eos_token_id)
     rewards = torch.tensor(rewards_list, dtype=torch.float32, device=mask.device)
@@ -115,16 +117,11 @@ def make_rollout(
         mask = mask & keep[:, None]  # DAPO's overlong filtering: a dropped response has no loss term
     groups = torch.arange(len(prompt_ids), device=mask.device) // samples_per_prompt
     old = out.old_log_probs
-    if recompute or proximal is not None:
-        old = response_logprobs_no_grad(behaviour if proximal is None else proximal, out.input_ids,
-                                        out.attention_mask, out.response_ids, temperature=temperature,
-                                        groups=groups)  # fmt: skip
+    if recompute and proximal is None:
+        old = response_logprobs_no_grad(behaviour, out.input_ids, out.attention_mask, out.response_ids,
+                                        temperature=temperature, groups=groups)  # fmt: skip
     old = torch.where(mask, old, torch.zeros_like(old))
     sampler_log_probs = torch.where(mask, out.old_log_probs, torch.zeros_like(out.old_log_probs))
-    ref = None
-    if reference is not None:
-        ref = response_logprobs_no_grad(reference, out.input_ids, out.attention_mask, out.response_ids,
-                                        temperature=temperature, groups=groups)  # fmt: skip
     lengths = out.response_mask.sum(-1).float()
     metrics = {
         **reward_metrics,
@@ -137,8 +134,39 @@ def make_rollout(
     }
     if recompute and proximal is None:
         metrics["rollout/logprob_mismatch_max"] = logprob_mismatch(old, out.old_log_probs, mask)
-    return RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
-                        groups, ref, completions, metrics, sampler_log_probs)  # fmt: skip
+    batch = RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
+                         groups, None, completions, metrics, sampler_log_probs)  # fmt: skip
+    return add_learner_log_probs(batch, reference=reference, proximal=proximal, temperature=temperature)
+
+
+def add_learner_log_probs(batch: RolloutBatch, *, reference=None, proximal=None, temperature: float) -> RolloutBatch:
+    """The no-grad forwards the learner makes on a sampled batch: the reference policy's log-probs (for
+    the KL penalty) and, with ``proximal`` (the current policy), the old log-probs of decoupled PPO.
+    The sampler's own log-probs stay in ``rollout_log_probs``. Returns ``batch``, updated in place."""
+    args = (batch.input_ids, batch.attention_mask, batch.response_ids)
+    zero = torch.zeros((), dtype=batch.old_log_probs.dtype, device=batch.old_log_probs.device)
+    if proximal is not None:
+        old = response_logprobs_no_grad(proximal, *args, temperature=temperature, groups=batch.groups)
+        batch.old_log_probs = torch.where(batch.response_mask, old, zero)
+    if reference is not None:
+        batch.ref_log_probs = response_logprobs_no_grad(reference, *args, temperature=temperature, groups=batch.groups)
+    return batch
+
+
+def problems_for(problems: list[Problem], seed: int, prompts_per_step: int, step: int) -> list[Problem]:
+    """The ``prompts_per_step`` problems of training step ``step`` (1-based): passes over the pool in a
+    fresh seeded order each, so every step's problems follow from ``(seed, step)`` alone."""
+    from .loop import seeded  # the trainer's stateless generators
+
+    pool = len(problems)
+    perms: dict[int, torch.Tensor] = {}  # one shuffle per pass over the pool
+    out = []
+    for pos in range((step - 1) * prompts_per_step, step * prompts_per_step):
+        epoch, offset = divmod(pos, pool)
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(pool, generator=seeded(seed, 1, epoch))
+        out.append(problems[int(perms[epoch][offset])])
+    return out
 
 
 def truncated_rows(response_ids: Tensor, response_mask: Tensor, eos_token_id: int | None) -> Tensor:
