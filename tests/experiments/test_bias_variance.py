@@ -11,8 +11,13 @@ import torch
 
 import sspo
 from sspo.experiments.bias_variance import policy as pol
-from sspo.experiments.bias_variance.estimators import gradient_metrics, per_batch_gradients
-from sspo.experiments.bias_variance.objectives import REFERENCE, VARIANTS, ObjectiveVariant
+from sspo.experiments.bias_variance.estimators import gradient_metrics, m2po_group_mask, per_batch_gradients
+from sspo.experiments.bias_variance.objectives import (
+    DEFAULT_OBJECTIVES,
+    REFERENCE,
+    VARIANTS,
+    ObjectiveVariant,
+)
 from sspo.experiments.bias_variance.study import BiasVarianceConfig, add_arguments, main, run_study
 
 CORE_VARIANTS = [label for label, v in VARIANTS.items() if v.objective is not None]
@@ -151,15 +156,133 @@ def test_stacked_gradients_equal_per_batch_policy_loss_gradients(label):
 
 
 def test_core_objectives_give_identical_estimates_on_policy():
-    """At θ = θ_old every ratio is 1 and every objective's gradient is (1/G) Σ_i A_i (1/L) Σ_t ∇log π."""
+    """At θ = θ_old every ratio is 1 and every objective's gradient is (1/G) Σ_i A_i (1/L) Σ_t ∇log π
+    (LUSPO's token sum: L times that)."""
     theta, sequences, rewards_all, gen = _policy(3, 4)
     batches, rewards = _sample(theta, sequences, rewards_all, 5, 4, gen)
     advantages = sspo.group_advantages(rewards.reshape(-1), group_size=4)[0].reshape(5, 4)
     reference, _ = per_batch_gradients(VARIANTS["grpo"], theta, theta, batches, rewards, advantages)
     assert float(reference.abs().max()) > 0
     for label in CORE_VARIANTS:
-        grads, _ = per_batch_gradients(VARIANTS[label], theta, theta, batches, rewards, advantages)
-        torch.testing.assert_close(grads, reference, rtol=1e-9, atol=1e-12)
+        variant = VARIANTS[label]
+        mode = variant.loss_agg_mode or sspo.get_objective(variant.objective).default_agg_mode
+        scale = 4 if mode == "seq-mean-token-sum" else 1
+        grads, _ = per_batch_gradients(variant, theta, theta, batches, rewards, advantages)
+        torch.testing.assert_close(grads, scale * reference, rtol=1e-9, atol=1e-12)
+
+
+def test_every_core_objective_has_a_variant_in_the_default_set():
+    """All but gspo_token, whose estimate equals GSPO's here (next test)."""
+    covered = {VARIANTS[label].objective for label in DEFAULT_OBJECTIVES}
+    assert set(sspo.OBJECTIVES) - {"gspo_token"} <= covered, sorted(set(sspo.OBJECTIVES) - covered)
+    assert {"vespo", "luspo", "dppo_tv", "dppo_kl", "m2po"} <= set(DEFAULT_OBJECTIVES)
+
+
+def test_gspo_token_equals_gspo_with_sequence_advantages_off_policy():
+    """With one advantage per sequence (as here) GSPO-token's gradient is GSPO's, so the study omits it."""
+    theta_old, sequences, rewards_all, gen = _policy(3, 4, seed=7)
+    theta = theta_old + 0.3 * torch.randn(theta_old.shape, generator=gen, dtype=theta_old.dtype)
+    batches, rewards = _sample(theta_old, sequences, rewards_all, 5, 4, gen)
+    advantages = sspo.group_advantages(rewards.reshape(-1), group_size=4)[0].reshape(5, 4)
+    wide = {"eps_low": 0.2, "eps_high": 0.2}  # a range that clips some sequences and not others
+    gspo, _ = per_batch_gradients(ObjectiveVariant("g", "gspo", wide), theta, theta_old, batches, rewards, advantages)
+    token, _ = per_batch_gradients(ObjectiveVariant("t", "gspo_token", wide), theta, theta_old, batches, rewards,
+                                   advantages)  # fmt: skip
+    assert float(gspo.abs().max()) > 0 and float((gspo == 0).all(1).double().mean()) < 1
+    torch.testing.assert_close(token, gspo, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------- REINFORCE-form and masked objectives, off-policy
+def _m2po_keep_literal(m2: list[float], tau: float) -> list[bool]:
+    """M2PO's Algorithm 1 as written: mask the largest M2 while the kept tokens' mean exceeds τ."""
+    keep = [True] * len(m2)
+    while any(keep) and sum(v for v, k in zip(m2, keep) if k) / sum(keep) > tau:
+        top = max((v, -j) for j, (v, k) in enumerate(zip(m2, keep)) if k)
+        keep[-top[1]] = False
+    return keep
+
+
+def _closed_form_coefficient(label, logp, old, adv):
+    """``c[i, t]`` with ``g = 1/(G·L) Σ_{i,t} c[i, t] ∇log π(y_t)`` for one group, from the papers' formulas."""
+    delta, a = logp - old, adv[:, None].expand_as(logp)
+    ratio, p, q = delta.exp(), logp.exp(), old.exp()
+    if label == "cispo":
+        return ratio.clamp(max=sspo.get_objective("cispo").defaults["ratio_max"]) * a
+    if label == "vespo":
+        w = delta.sum(-1, keepdim=True).exp()
+        hp = sspo.get_objective("vespo").defaults
+        pos = a >= 0
+        k = torch.where(pos, a.new_tensor(hp["k_pos"]), a.new_tensor(hp["k_neg"]))
+        lam = torch.where(pos, a.new_tensor(hp["lambda_pos"]), a.new_tensor(hp["lambda_neg"]))
+        return torch.exp(lam) * w**k * torch.exp(-lam * w) * a
+    if label in ("dppo_tv", "dppo_kl"):  # gradient M·min(r, c)·A·∇log π
+        hp = sspo.get_objective(label).defaults
+        delta_max, c = hp["clip_ratio"], hp["clip_ratio_c"]
+        if label == "dppo_tv":
+            valid = torch.where(a > 0, p - q <= delta_max, p - q >= -delta_max)
+        else:
+            kl = q * torch.log(q / p) + (1 - q) * torch.log((1 - q + 1e-8) / (1 - p + 1e-8))
+            valid = torch.where(a > 0, (kl <= delta_max) | (p <= q), (kl <= delta_max) | (p >= q))
+        return valid * ratio.clamp(max=c) * a
+    if label == "m2po":  # ∇(r·A) = r·A·∇log π on the kept tokens
+        tau = sspo.get_objective("m2po").defaults["m2_threshold"]
+        keep = torch.tensor(_m2po_keep_literal((delta**2).reshape(-1).tolist(), tau)).reshape(delta.shape)
+        return keep * ratio * a
+    raise AssertionError(label)
+
+
+@pytest.mark.parametrize("label", ["cispo", "vespo", "dppo_tv", "dppo_kl", "m2po"])
+def test_reinforce_form_and_masked_estimates_match_their_closed_forms_off_policy(label):
+    """Off-policy, each group's estimate is 1/(G·L) Σ_{i,t} c[i,t] ∇log π with c from the paper's
+    formula (detached weight, mask; the core's default hyperparameters), computed here without the
+    core. CISPO's and VESPO's loss values are not surrogates of J; only gradients enter the study."""
+    G, L = 6, 4
+    theta_old, sequences, rewards_all, gen = _policy(3, L, seed=4)
+    drift = 2.0 if label == "cispo" else 0.6  # CISPO's cap r ≤ 5 binds only on a large drift
+    theta = theta_old + drift * torch.randn(theta_old.shape, generator=gen, dtype=theta_old.dtype)
+    batches, rewards = _sample(theta_old, sequences, rewards_all, 4, G, gen)
+    advantages = sspo.group_advantages(rewards.reshape(-1), group_size=G)[0].reshape(4, G)
+    grads, _ = per_batch_gradients(VARIANTS[label], theta, theta_old, batches, rewards, advantages)
+    shares = []
+    for m in range(4):
+        leaf = theta.clone().requires_grad_(True)
+        logp = pol.token_logprobs(leaf, batches[m])
+        old = pol.token_logprobs(theta_old, batches[m])
+        coef = _closed_form_coefficient(label, logp.detach(), old, advantages[m])
+        (expected,) = torch.autograd.grad((coef * logp).sum() / (G * L), leaf)
+        torch.testing.assert_close(grads[m], expected.reshape(-1), rtol=1e-9, atol=1e-12)
+        plain = (logp.detach() - old).exp() * advantages[m][:, None]  # the unweighted ratio·A
+        shares.append(float(((coef - plain).abs() > 1e-9).double().mean()))
+    assert max(shares) > 0.03  # the weight or mask binds on this drift: the check has power
+
+
+def test_m2po_mask_is_per_group_not_over_the_stacked_batches():
+    from sspo.objectives.m2po import second_moment_mask
+
+    gen = torch.Generator().manual_seed(5)
+    scales = torch.tensor([0.05, 0.3, 1.0], dtype=torch.float64)[:, None, None]
+    log_ratio = scales * torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    keep = m2po_group_mask(log_ratio, 0.04)
+    for m in range(3):
+        literal = _m2po_keep_literal((log_ratio[m] ** 2).reshape(-1).tolist(), 0.04)
+        assert keep[m].reshape(-1).tolist() == literal
+        full = torch.ones(4, 5, dtype=torch.bool)
+        assert torch.equal(keep[m], second_moment_mask(log_ratio[m], full, 0.04))
+    assert bool(keep[0].all()) and 0 < int(keep[2].sum()) < 20  # small drift: all kept; large: some
+    joint = second_moment_mask(log_ratio.reshape(12, 5), torch.ones(12, 5, dtype=torch.bool), 0.04)
+    assert not torch.equal(joint.reshape(3, 4, 5), keep)  # one mask over all groups would differ
+
+
+def test_luspo_is_gspo_scaled_by_the_length_off_policy():
+    """LUSPO = GSPO's sequence term times n_i, summed over sequences: L× GSPO's estimate at fixed length L."""
+    theta_old, sequences, rewards_all, gen = _policy(3, 4, seed=6)
+    theta = theta_old + 0.3 * torch.randn(theta_old.shape, generator=gen, dtype=theta_old.dtype)
+    batches, rewards = _sample(theta_old, sequences, rewards_all, 5, 4, gen)
+    advantages = sspo.group_advantages(rewards.reshape(-1), group_size=4)[0].reshape(5, 4)
+    gspo, _ = per_batch_gradients(VARIANTS["gspo"], theta, theta_old, batches, rewards, advantages)
+    luspo, _ = per_batch_gradients(VARIANTS["luspo"], theta, theta_old, batches, rewards, advantages)
+    assert float(gspo.abs().max()) > 0
+    torch.testing.assert_close(luspo, 4 * gspo, rtol=1e-9, atol=1e-12)
 
 
 def test_on_policy_grpo_with_raw_rewards_and_token_sum_is_unbiased():

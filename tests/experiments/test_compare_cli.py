@@ -71,6 +71,25 @@ def test_a_dry_run_prints_the_runs_bound_and_an_estimated_time(tmp_path, capsys)
     assert "each run: 60 steps (no time budget)" in out and "None" not in out
 
 
+def test_every_objective_of_the_registry_is_accepted(tmp_path, capsys):
+    import sspo
+
+    cache = f"warm_start.cache_dir={tmp_path / 'cache'}"
+    plan = build_plan(tmp_path / "all", preset="tiny", objectives=list(sspo.OBJECTIVES), seeds=1, settings=["offpolicy"],
+                      controls=False, workers=2, overrides=[cache])  # fmt: skip
+    assert [j.method for j in plan.runs] == list(sspo.OBJECTIVES)
+    for job in plan.runs:  # each its own objective, with its defaults (the tiny preset is written for sspo)
+        assert job.config["objective"]["name"] == job.method
+        assert job.config["objective"]["params"] == ({"gate": "arctan", "tau_pos": 1.0, "tau_neg": 1.05}
+                                                     if job.method == "sspo" else {})  # fmt: skip
+        assert job.config["objective"]["loss_agg_mode"] is None and job.config["update"]["staleness"] == 2
+    new = "vespo,luspo,dppo_tv,dppo_kl,m2po"
+    assert main(["compare", "--objectives", f"grpo,{new}", "--settings", "onpolicy", "--dry-run", "--workers", "2",
+                 "--out", str(tmp_path / "cli"), cache]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert all(f"onpolicy/{name}/seed2" in out for name in new.split(","))
+
+
 def test_unknown_names_are_refused(tmp_path, capsys):
     assert main(["compare", "--objectives", "sspo,nope", "--out", str(tmp_path), "--dry-run"]) == 2
     assert "unknown objective 'nope'" in capsys.readouterr().err

@@ -89,6 +89,48 @@ def test_the_cost_model_reproduces_the_measured_runs(tmp_path):
     assert estimate_run(other) is None  # outside the cost model: no number is made up
 
 
+def test_every_objective_is_accepted_and_the_default_set_is_unchanged(tmp_path, capsys):
+    import dataclasses
+
+    import sspo
+    from sspo.experiments.stress.ladder import MAIN_OBJECTIVES
+
+    assert FULL.objectives == MAIN_OBJECTIVES == ("grpo", "gspo", "gmpo", "sapo", "sspo", "cispo")
+    assert QUICK.objectives == ("grpo", "sspo", "sapo")
+    ladder = dataclasses.replace(QUICK, objectives=tuple(sspo.OBJECTIVES), seeds=1)
+    plan = build_plan(tmp_path / "all", ladder, workers=2, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])
+    assert [j.method for j in plan.runs] == [*sspo.OBJECTIVES] * 3
+    assert all(j.config["objective"]["name"] == j.method for j in plan.runs)
+    assert all(j.config["objective"]["params"] == {} for j in plan.runs if j.method != "sspo")
+    new = "grpo,vespo,luspo,dppo_tv,dppo_kl,m2po"
+    assert main(["stress", "--quick", "--objectives", new, "--dry-run", "--workers", "2", "--out",
+                 str(tmp_path / "cli"), f"warm_start.cache_dir={tmp_path / 'cache'}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert all(f"L5/{name}/seed1" in out for name in new.split(","))
+
+
+def test_the_report_treats_every_objective_as_one_not_as_a_sweep(tmp_path):
+    """Objectives outside the default six get a frontier line and curves; only sweep variants make the sweep plot."""
+    import json
+
+    from sspo.experiments.stress.report import objective_order, write_report
+
+    for method, accuracies in (("grpo", [0.3, 0.35]), ("vespo", [0.3, 0.4]), ("m2po", [0.3, 0.1])):
+        for seed in range(2):
+            run = tmp_path / "runs" / "L0" / method / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(accuracies, ppo_kl=0.01)))
+            (run / "final_metrics.json").write_text("{}")
+    result = write_report(tmp_path)
+    assert set(result["frontier"]) == {"grpo", "vespo", "m2po"}
+    assert result["frontier"]["vespo"]["mean"] == "L0" and result["frontier"]["m2po"]["mean"] is None
+    text = (tmp_path / "stress.md").read_text()
+    assert "- **vespo**: L0" in text and "- **m2po**: none" in text
+    html = (tmp_path / "report.html").read_text()
+    assert "Accuracy along the ladder" in html and "Gates and temperatures" not in html
+    assert objective_order()[:6] == list(FULL.objectives) and {"vespo", "m2po"} <= set(objective_order())
+
+
 def test_the_baseline_is_required(tmp_path):
     import dataclasses
 

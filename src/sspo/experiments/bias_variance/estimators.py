@@ -7,6 +7,16 @@ the stacked loss equal ``Σ_m loss_m`` exactly: the normaliser is the one of a s
 Batch ``m`` is scored by its own copy ``θ_m`` of the parameters (a ``[M, L, V+1, V]`` leaf), so
 ``∂(Σ_m loss_m)/∂θ_m = ∂loss_m/∂θ`` and one ``autograd.grad`` gives all M per-batch gradients.
 The estimate of the ascent direction is ``g_m = −∂loss_m/∂θ``.
+
+**Objectives whose terms couple the whole batch.** M2PO masks tokens by the second moment of the
+log-ratios over the batch it is given, so over the stacked batches its mask would mix the M groups.
+For it the mask is computed per group here (:func:`m2po_group_mask`, Algorithm 1 on each group's
+``G·L`` tokens, as one call of ``policy_loss`` on that group alone computes it) and passed as the
+response mask; with ``global_num_tokens = G·L`` the token mean still divides by every token. Within a
+kept set the mean second moment is already below the threshold, so the core masks nothing more.
+
+**REINFORCE-form objectives** (CISPO, VESPO, DPPO) have a loss whose value is not a surrogate of
+``J`` (a detached weight times ``A·log π``); only its gradient is used here, as for every objective.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import torch
 from .objectives import ObjectiveVariant
 from .policy import token_logprobs
 
-__all__ = ["gradient_metrics", "per_batch_gradients", "reference_loss"]
+__all__ = ["gradient_metrics", "m2po_group_mask", "per_batch_gradients", "reference_loss"]
 
 _METRIC_KEYS = {"pg_clipfrac": "clipfrac", "gate/attenuated_frac": "gate_attenuated_frac"}
 
@@ -40,6 +50,23 @@ def reference_loss(
     baseline = (groups.sum(-1, keepdim=True) - groups) / (group_size - 1)
     advantages = (groups - baseline).reshape(-1)
     return -(weights * advantages * seq_logp).sum() / group_size
+
+
+def m2po_group_mask(log_ratio: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``[M, G, L]`` bool: the tokens M2PO's Algorithm 1 keeps in each group ``m`` of ``log_ratio [M, G, L]``
+    (every token valid): with the ``G·L`` values ``Δ²`` sorted descending (stable), the first ``k`` are
+    masked, ``k`` the smallest with ``Σ_{j≥k} s_j ≤ τ·(n − k)`` (all of them when none fits) — the
+    batched form of :func:`sspo.objectives.m2po.second_moment_mask`."""
+    num_batches = log_ratio.shape[0]
+    m2 = (log_ratio.detach() ** 2).reshape(num_batches, -1)
+    n = m2.shape[1]
+    sorted_m2, order = torch.sort(m2, dim=1, descending=True, stable=True)
+    before = torch.cumsum(sorted_m2, 1) - sorted_m2
+    k = torch.arange(n, device=m2.device)
+    fits = sorted_m2.sum(1, keepdim=True) - before <= threshold * (n - k)
+    first = torch.where(fits.any(1), torch.argmax(fits.to(torch.uint8), 1), n)
+    rank = torch.empty_like(order).scatter_(1, order, k.expand(num_batches, n))
+    return (rank >= first[:, None]).reshape(log_ratio.shape)
 
 
 def per_batch_gradients(
@@ -68,12 +95,22 @@ def per_batch_gradients(
     else:
         import sspo
 
+        mask = torch.ones_like(log_probs, dtype=torch.bool)
+        masked_frac = None
+        if variant.objective == "m2po":
+            if variant.loss_agg_mode not in (None, "token-mean"):
+                raise ValueError("m2po's per-group mask keeps the token-mean normaliser only (loss_agg_mode=token-mean)")
+            threshold = variant.hyperparameters.get("m2_threshold", sspo.get_objective("m2po").defaults["m2_threshold"])
+            log_ratio = (log_probs.detach() - old_log_probs).clamp(-20.0, 20.0)  # policy_loss's log_ratio_clamp
+            mask = m2po_group_mask(log_ratio.reshape(num_batches, group_size, length), threshold)
+            mask = mask.reshape(num_batches * group_size, length)
+            masked_frac = float((~mask).double().mean())
         out = sspo.policy_loss(
             variant.objective,
             log_probs,
             old_log_probs,
             advantages.reshape(-1),
-            torch.ones_like(log_probs, dtype=torch.bool),
+            mask,
             loss_agg_mode=variant.loss_agg_mode,
             global_num_seqs=group_size,
             global_num_tokens=group_size * length,
@@ -84,6 +121,8 @@ def per_batch_gradients(
         for key, name in _METRIC_KEYS.items():
             if key in out.metrics:
                 metrics[name] = float(out.metrics[key])
+        if masked_frac is not None:
+            metrics["clipfrac"] = masked_frac  # the core saw the per-group mask as the response mask
     (grad,) = torch.autograd.grad(loss, stacked)
     return -grad.reshape(num_batches, -1), metrics
 

@@ -1,7 +1,13 @@
 """The gradient estimators compared by the bias–variance study (a torch-free registry).
 
 Each entry names a core objective of :func:`sspo.policy_loss` with its hyperparameters, or the
-study's own unbiased reference estimator. Everything not given here uses the core defaults.
+study's own unbiased reference estimator. Everything not given here uses the core defaults. Every name
+of ``sspo.OBJECTIVES`` has an entry (a test checks it; this module stays torch-free, so the list is
+written out rather than read from ``sspo``).
+
+There are no rollout-corrected variants (``rollout_is``/``rollout_rs``/``bypass_mode``): the study's
+sampler μ is the proximal policy ``π_{θ_old}`` itself, so the correction's weight ``π_old/π_rollout``
+would be 1 on every token.
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ VARIANTS: dict[str, ObjectiveVariant] = {
         ObjectiveVariant("gmpo", "gmpo"),
         ObjectiveVariant("sapo", "sapo"),
         ObjectiveVariant("cispo", "cispo"),
+        ObjectiveVariant("vespo", "vespo"),
+        ObjectiveVariant("luspo", "luspo"),
+        ObjectiveVariant("dppo_tv", "dppo_tv"),
+        ObjectiveVariant("dppo_kl", "dppo_kl"),
+        ObjectiveVariant("m2po", "m2po"),
         ObjectiveVariant(REFERENCE, None),
         # not in the default set: GSPO with GRPO's clip range, to separate GSPO's sequence ratio
         # from its default range (3e-4, 4e-4), which is tuned for responses of thousands of tokens

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "gates are active; write stress.csv, stress.md, plots and report.html.")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="levels L0,L3,L5 x grpo,sspo,sapo x 2 seeds x 30 steps")
     parser.add_argument("--levels", default=None, help="comma-separated levels (default: all; see --dry-run)")
-    parser.add_argument("--objectives", default=None, help="comma-separated, must include grpo (default: all six)")
+    parser.add_argument("--objectives", default=None,
+                        help="comma-separated, any of sspo.OBJECTIVES, must include grpo (default: grpo, gspo, gmpo, "
+                             "sapo, sspo, cispo)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: 8; --quick: 2)")
     parser.add_argument("--sweeps", default=None, help="τ sweeps: sspo-tau, sspo-ratio, sapo-tau (default: all)")
     parser.add_argument("--sweep-levels", default=None, help="levels the sweeps run in (default: L3)")

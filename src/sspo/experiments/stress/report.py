@@ -25,6 +25,15 @@ STATS_NOTE = (
 )
 
 
+def objective_order() -> list[str]:
+    """Every objective a ladder can run (``--objectives``), in a stable order: the default ladder's
+    :data:`MAIN_OBJECTIVES` first, then the rest of ``sspo.OBJECTIVES``. A method of this list is a plain
+    objective; any other method is a sweep variant."""
+    from ...objectives import OBJECTIVES
+
+    return [*MAIN_OBJECTIVES, *(o for o in OBJECTIVES if o not in MAIN_OBJECTIVES)]
+
+
 def ladder_order() -> list[str]:
     return [lv.name for lv in LEVELS]
 
@@ -90,7 +99,8 @@ def markdown_table(table: Sequence[dict]) -> str:
 
 
 def frontier_lines(front: dict, ladder: Sequence[str]) -> list[str]:
-    order = [m for m in MAIN_OBJECTIVES if m in front] + sorted(m for m in front if m not in MAIN_OBJECTIVES)
+    objectives = objective_order()
+    order = [m for m in objectives if m in front] + sorted(m for m in front if m not in objectives)
     lines = []
     for method in order:
         f = front[method]
@@ -122,7 +132,7 @@ def plot_accuracy_vs_level(table: Sequence[dict], ladder: Sequence[str], path: P
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), constrained_layout=True)
     rows = {(r["level"], r["method"]): r for r in table}
-    methods = [m for m in MAIN_OBJECTIVES if any((lvl, m) in rows for lvl in ladder)]
+    methods = [m for m in objective_order() if any((lvl, m) in rows for lvl in ladder)]
     xs = list(range(len(ladder)))
     for ax, key, title in zip(axes, ("acc_final", "auc", "gain"),
                               ("final held-out accuracy", "area under the accuracy curve", "final − warm start")):  # fmt: skip
@@ -163,7 +173,7 @@ def plot_drift(table: Sequence[dict], levels: Sequence[str], path: Path) -> Path
     rows = {(r["level"], r["method"]): r for r in table}
     xs = list(range(len(levels)))
     for ax, (key, title, log) in zip(axes, panels):
-        for method in MAIN_OBJECTIVES:
+        for method in objective_order():
             points = [(x, rows[(lvl, method)][key]) for x, lvl in zip(xs, levels) if (lvl, method) in rows]
             points = [(x, y) for x, y in points if math.isfinite(y) and (y > 0 or not log)]
             if points:
@@ -188,7 +198,7 @@ def plot_curves(data: dict, levels: Sequence[str], path: Path) -> Path:
     for (lvl, method, _), rows in sorted(data["rows"].items()):
         grouped[(lvl, method)].append(series(rows, "eval/accuracy", "step"))
     for ax, lvl in zip(axes.flat, levels):
-        for i, method in enumerate(MAIN_OBJECTIVES):
+        for i, method in enumerate(objective_order()):  # colours by position: the same in every panel
             per_seed = [c for c in grouped.get((lvl, method), []) if c[0]]
             if not per_seed:
                 continue
@@ -207,7 +217,8 @@ def plot_curves(data: dict, levels: Sequence[str], path: Path) -> Path:
 
 def plot_sweeps(table: Sequence[dict], path: Path) -> Path | None:
     """Final accuracy (mean ± 95 % CI) of every method in the sweep levels, GRPO's as a reference band."""
-    sweep_levels = sorted({r["level"] for r in table if r["method"] not in MAIN_OBJECTIVES})
+    objectives = objective_order()
+    sweep_levels = sorted({r["level"] for r in table if r["method"] not in objectives})
     if not sweep_levels:
         return None
     plt = _pyplot()
@@ -242,7 +253,7 @@ def write_report(out: str | Path, *, summary: str = "") -> dict:
     levels = [name for name in ladder_order() if name in present]
     ladder = main_ladder(levels)
     table = cell_table(data["records"], baseline=BASELINE, level_order=ladder_order())
-    front = frontier([r for r in table if r["method"] in MAIN_OBJECTIVES], ladder)
+    front = frontier([r for r in table if r["method"] in objective_order()], ladder)
     write_csv(out / "stress.csv", table)
     write_csv(out / "stress_runs.csv", data["records"])
     notes = "\n".join(f"- `{lv.name}`: {lv.note} (`{' '.join(f'{k}={v}' for k, v in lv.overrides.items())}`)"
