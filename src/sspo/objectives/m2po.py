@@ -7,9 +7,10 @@ exceeds ``τ_M2``; masked tokens leave that mean. The kept tokens take the uncli
 ``J = 1/N Σ_i,t m·M[i,t]·r·A``  (``N`` counts every response token, masked ones too).
 
 Here the loop is one sort: with the valid ``M2`` sorted descending (stable: of equal values the earlier
-position goes first) the first ``k`` are masked, ``k`` the smallest with
-``Σ_{j≥k} s_j ≤ τ·(n − k)``; all are masked when no such ``k`` exists. The mask is computed over the
-tokens of the batch given (a micro-batch, when the caller splits one, as AReaL does).
+position goes first) the first ``k`` are masked, ``k`` the smallest with ``Σ_{j≥k} s_j ≤ τ·(n − k)``;
+all are masked when no such ``k`` exists. Only values above τ can be masked, so only they are sorted.
+The mask is computed over the tokens of the batch given (a micro-batch, when the caller splits one, as
+AReaL does).
 """
 
 from __future__ import annotations
@@ -20,18 +21,24 @@ from .core import PolicyBatch, Terms, clip_metrics, fraction, geometric_mean_rat
 
 
 def second_moment_mask(log_ratio: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``[B, T]`` bool: the tokens Algorithm 1 keeps (no host sync)."""
-    m2 = torch.where(mask, log_ratio.detach() ** 2, torch.full_like(log_ratio, -1.0)).flatten()
-    order = torch.sort(m2, descending=True, stable=True).indices
-    sorted_m2 = m2[order].clamp(min=0)  # invalid tokens (−1) sort last and add nothing
+    """``[B, T]`` bool: the tokens Algorithm 1 keeps.
+
+    Only tokens with ``M2 > τ`` can be masked (once the largest kept value is at most τ, so is the
+    mean), so only those are sorted: one host sync (their count), then ``O(c log c)`` for ``c`` of them."""
+    m2 = torch.where(mask, log_ratio.detach() ** 2, torch.zeros_like(log_ratio)).flatten()
+    candidates = (mask.flatten() & (m2 > threshold)).nonzero().squeeze(1)  # in position order
+    if candidates.numel() == 0:
+        return mask
+    values, order = torch.sort(m2[candidates], descending=True, stable=True)  # ties: the earlier position first
     n = mask.sum()
-    before = torch.cumsum(sorted_m2, 0) - sorted_m2  # Σ_{j<k} s_j
-    k = torch.arange(m2.numel(), device=m2.device)
-    fits = (sorted_m2.sum() - before <= threshold * (n - k)) & (k < n)
-    first = torch.where(fits.any(), torch.argmax(fits.to(torch.uint8)), n)  # smallest k that fits, else all
-    rank = torch.empty_like(k)
-    rank[order] = k
-    return mask & (rank >= first).view_as(mask)
+    before = torch.cumsum(values, 0) - values  # Σ of the candidates masked before the k-th
+    k = torch.arange(values.numel(), device=m2.device)
+    fits = m2.sum() - before <= threshold * (n - k)
+    # masking every candidate always fits (the rest are all ≤ τ; nothing left counts as fitting too)
+    first = torch.where(fits.any(), torch.argmax(fits.to(torch.uint8)), values.numel())
+    drop = torch.zeros_like(m2, dtype=torch.bool)
+    drop[candidates[order]] = k < first
+    return mask & ~drop.view_as(mask)
 
 
 def m2po_terms(batch: PolicyBatch, *, m2_threshold: float = 0.04) -> Terms:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .core import fraction, masked_max, masked_mean, masked_min, masked_sum
+from .core import fraction, masked_mean, masked_min, masked_sum
 
 ROLLOUT_IS = ("token", "sequence")
 ROLLOUT_RS = (
@@ -164,7 +164,8 @@ def rollout_correction(
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
     delta = torch.where(mask, log_probs.detach().to(dtype) - rollout_log_probs.detach().to(dtype), zero)
     delta = delta.clamp(-SAFETY_BOUND, SAFETY_BOUND)
-    metrics = {"rollout_corr/kl": masked_mean(-delta, mask)}
+    count = mask.sum().clamp(min=1).to(dtype)  # every metric below is a mean over the valid tokens
+    metrics = {"rollout_corr/kl": -delta.sum() / count}  # delta is 0 where masked
 
     weights = None
     if rollout_is is not None:
@@ -175,11 +176,11 @@ def rollout_correction(
         raw = torch.where(mask, raw, zero)
         if lower is None:
             weights = raw.clamp(max=upper)
-            metrics["rollout_corr/is_truncated_frac"] = fraction(raw > upper, mask)
+            metrics["rollout_corr/is_truncated_frac"] = (raw > upper).sum() / count  # raw is 0 where masked
         else:
             inside = (raw >= lower) & (raw <= upper)
             weights = torch.where(inside, raw, zero)
-            metrics["rollout_corr/is_masked_frac"] = fraction(~inside, mask)
+            metrics["rollout_corr/is_masked_frac"] = (mask & ~inside).sum() / count
         if rollout_is_batch_normalize:
             if rollout_is == "token":
                 mean = masked_mean(weights, mask)
@@ -188,10 +189,10 @@ def rollout_correction(
                 mean = masked_mean(weights.amax(-1), seq_valid)
             weights = torch.where(mean > 1e-8, weights / mean.clamp(min=1e-8), weights)
         weights = weights.detach()
-        metrics.update({
-            "rollout_corr/is_mean": masked_mean(weights, mask),
+        metrics.update({  # weights are >= 0 and 0 where masked
+            "rollout_corr/is_mean": weights.sum() / count,
             "rollout_corr/is_min": masked_min(weights, mask),
-            "rollout_corr/is_max": masked_max(weights, mask),
+            "rollout_corr/is_max": weights.amax() if weights.numel() else zero,
         })  # fmt: skip
 
     keep = mask
@@ -199,7 +200,7 @@ def rollout_correction(
         keep = keep & _criterion_keeps(option, lo, hi, delta, mask)
     if criteria:
         valid_rows = mask.any(-1)
-        metrics["rollout_corr/rs_masked_frac"] = fraction(~keep, mask)
+        metrics["rollout_corr/rs_masked_frac"] = 1.0 - keep.sum() / count
         metrics["rollout_corr/rs_seq_masked_frac"] = fraction((mask & ~keep).any(-1), valid_rows)
         if weights is not None:
             weights = torch.where(keep, weights, zero)
