@@ -177,8 +177,16 @@ def test_a_worker_that_keeps_dying_stops_the_run():
     assert still_running(pids + [int(logs[0].split("replaced by pid ")[1].split(";")[0])]) == []
 
 
+@pytest.fixture
+def python_sigint():
+    """SIGINT raises KeyboardInterrupt during the test, whatever an earlier test left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("how", ["exception", "keyboard_interrupt"])
-def test_no_orphans_when_the_learner_stops_with_an_error(how):
+def test_no_orphans_when_the_learner_stops_with_an_error(how, python_sigint):
     """An exception in the learner's step, or Ctrl-C while it waits in get(): the worker, in the middle
     of a step, is killed and reaped."""
     model, logs = toy_model(), []
