@@ -42,7 +42,8 @@ class RolloutCorrection:
     """What :func:`rollout_correction` returns."""
 
     weights: Tensor | None
-    """``[B, T]`` detached weights, 0 where masked; None without ``rollout_is``."""
+    """``[B, T]`` detached weights, 0 where the response mask is 0; None without ``rollout_is``. Rejected
+    tokens keep theirs (they are out of :attr:`mask`)."""
     mask: Tensor
     """``[B, T]`` bool: the response mask with rejected tokens removed."""
     level: str | None
@@ -114,8 +115,11 @@ def parse_rs(rollout_rs: str, threshold) -> list[tuple[str, float | None, float]
 
 
 def _criterion_keeps(option: str, lower, upper, delta: Tensor, mask: Tensor) -> Tensor:
-    """``[B, T]`` bool: tokens that pass one rejection criterion (a sequence criterion passes or fails rows)."""
+    """``[B, T]`` bool: tokens that pass one rejection criterion (a sequence criterion passes or fails rows).
+    ``delta`` is 0 at masked positions, where every statistic is then 0 too (no select needed)."""
     estimator = option[-2:]
+    if option == "token_k1":  # −δ in [log L, log U]
+        return (delta <= -math.log(lower)) & (delta >= -math.log(upper))
     if estimator == "k1":
         stat = -delta
     elif estimator == "k2":
@@ -123,12 +127,11 @@ def _criterion_keeps(option: str, lower, upper, delta: Tensor, mask: Tensor) -> 
     else:
         stat = torch.expm1(delta) - delta
     if option.startswith("seq_sum"):
-        stat = masked_sum(stat, mask, dim=-1)[:, None]
+        stat = stat.sum(-1, keepdim=True)
     elif option.startswith("seq_mean"):
-        stat = (masked_sum(stat, mask, dim=-1) / mask.sum(-1).clamp(min=1))[:, None]
-    elif option.startswith("seq_max"):
-        row_max = torch.where(mask, stat, torch.full_like(stat, float("-inf"))).amax(-1)
-        stat = torch.where(mask.any(-1), row_max, torch.zeros_like(row_max))[:, None]
+        stat = stat.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    elif option.startswith("seq_max"):  # k2, k3 >= 0: the row's max over its valid tokens, 0 for an empty row
+        stat = stat.amax(-1, keepdim=True)
     if estimator == "k1":
         keep = (stat >= math.log(lower)) & (stat <= math.log(upper))
     else:
@@ -202,8 +205,6 @@ def rollout_correction(
         valid_rows = mask.any(-1)
         metrics["rollout_corr/rs_masked_frac"] = 1.0 - keep.sum() / count
         metrics["rollout_corr/rs_seq_masked_frac"] = fraction((mask & ~keep).any(-1), valid_rows)
-        if weights is not None:
-            weights = torch.where(keep, weights, zero)
     return RolloutCorrection(weights, keep, rollout_is, metrics)
 
 
