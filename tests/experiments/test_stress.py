@@ -29,7 +29,7 @@ TINY = [
 def test_the_full_ladder_is_paired_within_a_seed(tmp_path):
     plan = build_plan(tmp_path, FULL, workers=2, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])
     sweeps = sum(len(v) for v in variants().values())
-    assert len(plan.runs) == 8 * (len(LEVELS) * 6 + sweeps) and len(plan.warm_starts) == 1
+    assert len(plan.runs) == 8 * (len(FULL.levels) * 6 + sweeps) and len(plan.warm_starts) == 1
     assert all(job.needs == [plan.warm_starts[0].name] for job in plan.runs)  # one warm start for all
     by_level = {}
     for job in plan.runs:
@@ -217,3 +217,26 @@ def test_smoke_stress_with_a_mismatched_sampler(tmp_path):
     assert html.count("<img src=\"data:image/png;base64,") == 2 and "Stability frontier" in html
     assert "half-width of a Student-t 95 % confidence interval" in (out / "stress.md").read_text()
     assert main([*argv, "--report-only"]) == 0  # re-aggregates what is there
+
+
+def test_async_levels_run_rollout_workers_and_their_staleness_reaches_the_table(tmp_path):
+    from sspo.experiments.stress.aggregate import cell_table, summarise_stress_run
+    from sspo.experiments.stress.ladder import ASYNC_LEVELS, Ladder
+    from sspo.experiments.stress.report import markdown_table
+
+    assert [lv.name for lv in ASYNC_LEVELS] == ["A0", "A2", "A4", "A8"]
+    assert not set(FULL.levels) & {lv.name for lv in ASYNC_LEVELS}  # the default ladder is unchanged
+    ladder = Ladder(levels=("A2", "A8"), objectives=("grpo", "sspo"), seeds=1, sweeps=(), sweep_levels=())
+    plan = build_plan(tmp_path, ladder, workers=1, overrides=[f"warm_start.cache_dir={tmp_path / 'cache'}"])
+    got = {(job.setting, job.config["async"]["workers"], job.config["async"]["max_staleness"]) for job in plan.runs}
+    assert got == {("A2", 1, 2), ("A8", 2, 8)}
+    assert all(job.config["update"]["staleness"] == 0 for job in plan.runs)
+    rows = [{"step": 0, "eval/accuracy": 0.3}]
+    rows += [{"step": s, "time/step_s": 1.0, "async/staleness_mean": m, "async/staleness_max": m, "ppo_kl": 0.01}
+             for s, m in ((1, 0.0), (2, 2.0), (3, 4.0))]
+    rows += [{"step": 3, "eval/accuracy": 0.4}]
+    summary = summarise_stress_run(rows)
+    assert summary["staleness_mean"] == 2.0 and summary["staleness_max"] == 2.0
+    table = cell_table([{"level": "A8", "method": m, "seed": 0, **summary} for m in ("grpo", "sspo")])
+    text = markdown_table(table)
+    assert "staleness mean / max" in text and "2.00 / 2.00" in text

@@ -27,8 +27,11 @@ DRIFT: dict[str, str] = {
     "abs_log_ratio_p99": "drift/abs_log_ratio_p99",
     "seq_weight_ess": "seq_weight/ess",
     "effective_ratio": "update/effective_ratio",
+    "staleness_mean": "async/staleness_mean",
+    "staleness_max": "async/staleness_max",
 }
-"""Drift measures: the mean over a run's training steps of these logged metrics."""
+"""Drift measures: the mean over a run's training steps of these logged metrics (the ``async/`` ones only
+in runs with rollout workers; NaN elsewhere)."""
 
 OUTCOMES = ("acc_final", "acc_best", "auc", "gain")
 
@@ -105,7 +108,7 @@ def cell_table(records: Sequence[dict], *, baseline: str = "grpo", level_order: 
         row["collapse_rate"] = _mean(collapsed)
         row["collapse_lo"], row["collapse_hi"] = wilson_interval(int(sum(collapsed)), len(collapsed))
         for key in (*DRIFT, "restricted_frac", "ess_min", "nonfinite_updates"):
-            row[key] = _mean(finite(runs[s][key] for s in seeds))
+            row[key] = _mean(finite(runs[s].get(key, math.nan) for s in seeds))  # runs before a measure existed lack it
         base = cells.get((lvl, baseline), {})
         common = [s for s in seeds if s in base]
         for key in ("acc_final", "auc"):

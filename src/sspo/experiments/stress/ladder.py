@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..runner import Job, Plan, WarmStarts, auto_workers, run_config
 
-__all__ = ["LEVELS", "LOG_FILE", "MAIN_OBJECTIVES", "QUICK", "SWEEPS", "Level", "Variant", "build_plan", "variants"]
+__all__ = ["ASYNC_LEVELS", "LEVELS", "LOG_FILE", "MAIN_OBJECTIVES", "QUICK", "SWEEPS", "Level", "Variant", "build_plan", "variants"]
 
 LOG_FILE = "stress.log"
 PRESET = "stress"
@@ -54,8 +54,26 @@ LEVELS: tuple[Level, ...] = (
     Level("M1", _level(4, 1, 0, **{"rollout.sampler_dtype": "bfloat16"}),
           "L1 with train-inference mismatch: a bf16 sampler's log-probs are the behaviour log-probs"),
 )
-"""The full ladder: ``L*`` in order of increasing drift (the frontier is read along these), ``M*`` the
-mismatch axis beside its ``L`` level."""
+"""The simulated ladder: ``L*`` in order of increasing drift (the frontier is read along these), ``M*``
+the mismatch axis beside its ``L`` level."""
+
+
+def _async(workers: int, max_staleness: int) -> dict[str, object]:
+    return _level(4, 1, 0, **{"async.workers": workers, "async.max_staleness": max_staleness})
+
+
+ASYNC_LEVELS: tuple[Level, ...] = (
+    Level("A0", _async(1, 0), "L1 with a rollout worker at max_staleness 0: the synchronous sequence"),
+    Level("A2", _async(1, 2), "L1 with a rollout worker, samples at most 2 updates stale (real, not simulated)"),
+    Level("A4", _async(2, 4), "L1 with two rollout workers, at most 4 updates stale"),
+    Level("A8", _async(2, 8), "L1 with two rollout workers, at most 8 updates stale"),
+)
+"""Levels of *real* asynchronous staleness (``--levels A0,A2,A4,A8``): rollout workers beside the learner,
+the staleness each sample had measured per step (``async/staleness_mean``, ``_max`` in the level table).
+Not in the default ladder: a run takes an extra process, and the staleness a run reaches depends on the
+machine's speed, so it is read from the table, not from the level's name."""
+
+LEVELS: tuple[Level, ...] = (*LEVELS, *ASYNC_LEVELS)
 
 MAIN_OBJECTIVES = ("grpo", "gspo", "gmpo", "sapo", "sspo", "cispo")
 BASELINE = "grpo"
@@ -112,7 +130,7 @@ class Ladder:
     overrides: tuple[str, ...] = ()
 
 
-FULL = Ladder(levels=tuple(level.name for level in LEVELS), objectives=MAIN_OBJECTIVES, seeds=8, sweeps=SWEEPS,
+FULL = Ladder(levels=tuple(level.name for level in LEVELS if level not in ASYNC_LEVELS), objectives=MAIN_OBJECTIVES, seeds=8, sweeps=SWEEPS,
               sweep_levels=SWEEP_LEVELS)  # fmt: skip
 QUICK = Ladder(levels=("L0", "L3", "L5"), objectives=("grpo", "sspo", "sapo"), seeds=2, sweeps=(), sweep_levels=(),
                overrides=("steps=30",))  # fmt: skip

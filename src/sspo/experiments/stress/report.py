@@ -83,6 +83,8 @@ COLUMNS = (
     ("ESS mean / min", lambda r: f"{_num(r['seq_weight_ess'], 3)} / {_num(r['ess_min'], 3)}"),
     ("atten./clipped", lambda r: _num(r["restricted_frac"], 3)),
     ("eff. ratio", lambda r: _num(r["effective_ratio"], 3)),
+    ("staleness mean / max", lambda r: (f"{_num(r['staleness_mean'], 2)} / {_num(r['staleness_max'], 2)}"
+                                         if math.isfinite(r.get("staleness_mean", math.nan)) else "")),
     ("start", lambda r: _pm(r, "acc_start")),
     ("final", lambda r: _pm(r, "acc_final")),
     ("best", lambda r: _pm(r, "acc_best")),
