@@ -373,3 +373,11 @@ def test_m2po_mask_belongs_to_the_batch_it_sees():
     torch.testing.assert_close(-total.detach(), expected / mask.sum(), rtol=1e-12, atol=1e-14)
     full = sspo.policy_loss("m2po", lp, old, adv, mask).loss
     assert abs(full.item() - total.item()) > 1e-6
+
+
+def test_a_non_finite_old_log_prob_is_named_as_such_with_a_correction():
+    lp, old, adv, mask = random_case(0)
+    bad = old.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="old_log_probs has non-finite"):
+        sspo.policy_loss("grpo", lp, bad, adv, mask, rollout_log_probs=old, rollout_is="token")

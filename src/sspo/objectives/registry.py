@@ -261,11 +261,9 @@ def _rollout_correction(
         shape = getattr(rollout_log_probs, "shape", type(rollout_log_probs).__name__)
         raise ValueError(f"rollout_log_probs must have the shape of log_probs {tuple(log_probs.shape)}, got {shape}")
     mask = as_bool_mask(response_mask, log_probs.shape)
-    if check_finite and bool(((~torch.isfinite(rollout_log_probs)) & mask).any()):
-        raise ValueError("rollout_log_probs has non-finite value(s) at valid (mask=1) positions; "
-                         "pass check_finite=False to skip this check")  # fmt: skip
     centre = log_probs if bypass_mode else old_log_probs
-    correction = rollout_correction(centre, rollout_log_probs, mask, **options)
+    correction = rollout_correction(centre, rollout_log_probs, mask, check_finite=check_finite,
+                                    centre_name="log_probs" if bypass_mode else "old_log_probs", **options)
     weights = None
     if correction.weights is not None and not bypass_mode:  # bypass: the ratio to the sampler is the objective's
         weights = (correction.weights, correction.level)

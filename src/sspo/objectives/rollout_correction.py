@@ -149,11 +149,15 @@ def rollout_correction(
     rollout_is_batch_normalize: bool = False,
     rollout_rs: str | None = None,
     rollout_rs_threshold=None,
+    check_finite: bool = False,
+    centre_name: str = "log_probs",
 ) -> RolloutCorrection:
     """Weights ``ρ`` and the rejection mask for ``δ = log_probs − rollout_log_probs`` (module docstring).
 
     ``log_probs`` is the policy the objective's ratio is centred on: the proximal (``old``) log-probs in
     decoupled mode, the current ones (detached) in bypass mode. Pure: nothing here keeps state.
+    ``check_finite``: non-finite inputs at valid positions raise ``ValueError`` naming the tensor
+    (``centre_name`` is how the caller calls ``log_probs``).
     """
     if rollout_is is not None and rollout_is not in ROLLOUT_IS:
         raise ValueError(f"rollout_is={rollout_is!r} is not one of None, {', '.join(map(repr, ROLLOUT_IS))}")
@@ -166,6 +170,11 @@ def rollout_correction(
     dtype = torch.promote_types(log_probs.dtype, torch.float32)
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
     delta = torch.where(mask, log_probs.detach().to(dtype) - rollout_log_probs.detach().to(dtype), zero)
+    if check_finite and not bool(torch.isfinite(delta).all()):  # one pass; name the culprit only on failure
+        for name, t in (("rollout_log_probs", rollout_log_probs), (centre_name, log_probs)):
+            if bool(((~torch.isfinite(t)) & mask).any()):
+                raise ValueError(f"{name} has non-finite value(s) at valid (mask=1) positions; "
+                                 "pass check_finite=False to skip this check")  # fmt: skip
     delta = delta.clamp(-SAFETY_BOUND, SAFETY_BOUND)
     count = mask.sum().clamp(min=1).to(dtype)  # every metric below is a mean over the valid tokens
     metrics = {"rollout_corr/kl": -delta.sum() / count}  # delta is 0 where masked
