@@ -108,8 +108,9 @@ def select(cond: Tensor, if_true: float, if_false: float, like: Tensor) -> Tenso
 
 
 def fraction(flags: Tensor, mask: Tensor) -> Tensor:
-    """Fraction of ``mask`` positions where ``flags`` holds."""
-    return masked_mean((flags & mask).to(torch.float32), mask)
+    """Fraction of ``mask`` positions where ``flags`` holds (float32; 0 when the mask is empty). Counts
+    booleans directly: no float copy of the ``[B, T]`` flags."""
+    return ((flags & mask).sum() / mask.sum().clamp(min=1)).to(torch.float32)
 
 
 # ----------------------------------------------------------------------------- aggregation
