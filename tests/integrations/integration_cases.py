@@ -62,3 +62,37 @@ def save_tiny_model(path) -> None:
         tie_word_embeddings=True,
     )  # fmt: skip
     Qwen2ForCausalLM(config).save_pretrained(path)
+
+
+def trl_loss(loss_type, log_probs, old, adv, mask, *, level="token", eps_low=0.2, eps_high=0.2, tau_pos=1.0,
+             tau_neg=1.05, max_len=None, is_ratio=None, vespo=(2.0, 3.0, 3.0, 2.0)):  # fmt: skip
+    """TRL 1.16's ``GRPOTrainer._compute_loss`` run unbound on a stand-in trainer whose log-probs are ours
+    (one process, no accumulation, on-line training mode). ``is_ratio``: TRL's vLLM
+    ``importance_sampling_ratio`` (switches its vLLM correction on); ``vespo``: ``(k_pos, λ_pos, k_neg, λ_neg)``."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    stub = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (log_probs, torch.zeros_like(log_probs), None),
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level, beta=0.0,
+        loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high, use_vllm=is_ratio is not None,
+        vllm_importance_sampling_correction=is_ratio is not None, model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False, aux_loss_enabled=False,
+        _metrics={"train": defaultdict(list)}, max_completion_length=max_len,
+        get_gamma_weights=GRPOTrainer.get_gamma_weights,
+        args=SimpleNamespace(delta=None, sapo_temperature_pos=tau_pos, sapo_temperature_neg=tau_neg,
+                             steps_per_generation=1, use_bias_correction_kl=False, vespo_k_pos=vespo[0],
+                             vespo_lambda_pos=vespo[1], vespo_k_neg=vespo[2], vespo_lambda_neg=vespo[3]),
+        accelerator=SimpleNamespace(num_processes=1, gather=lambda x: x, reduce=lambda x, reduction: x),
+    )  # fmt: skip
+    batch, length = mask.shape
+    inputs = dict(
+        prompt_ids=torch.zeros(batch, 1, dtype=torch.long), prompt_mask=torch.ones(batch, 1, dtype=torch.long),
+        completion_ids=torch.zeros(batch, length, dtype=torch.long), completion_mask=mask.long(),
+        advantages=adv, old_per_token_logps=old, num_items_in_batch=mask.sum(),
+    )  # fmt: skip
+    if is_ratio is not None:
+        inputs["importance_sampling_ratio"] = is_ratio
+    return GRPOTrainer._compute_loss(stub, None, inputs)

@@ -11,8 +11,6 @@ Value and gradient agree to 1e-10; where we differ from an anchor on purpose the
 
 import importlib.util
 import math
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ if importlib.util.find_spec("verl") is None or importlib.util.find_spec("trl") i
     pytest.skip("verl and TRL are not installed", allow_module_level=True)
 
 from integration_cases import actor_config, grad_of, random_batch, token_advantages
-from trl import GRPOTrainer
+from integration_cases import trl_loss as trl_case_loss
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_rejection_mask
 
@@ -221,31 +219,9 @@ def test_verl_bypass_reinforce_is_cispo_in_bypass_mode():
 
 
 # ----------------------------------------------------------------------------- VESPO, LUSPO vs TRL
-def trl_loss(loss_type, log_probs, old, adv, mask, *, level="token", eps=(3e-4, 4e-4), is_ratio=None,
-             vespo=(2.0, 3.0, 3.0, 2.0)):  # fmt: skip
-    """TRL 1.16's ``_compute_loss`` run unbound on a stand-in trainer whose log-probs are ours."""
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (log_probs, torch.zeros_like(log_probs), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level, beta=0.0,
-        loss_type=loss_type, epsilon_low=eps[0], epsilon_high=eps[1], use_vllm=is_ratio is not None,
-        vllm_importance_sampling_correction=is_ratio is not None, model=SimpleNamespace(training=True),
-        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False, aux_loss_enabled=False,
-        _metrics={"train": defaultdict(list)}, max_completion_length=None,
-        args=SimpleNamespace(delta=None, steps_per_generation=1, use_bias_correction_kl=False,
-                             vespo_k_pos=vespo[0], vespo_lambda_pos=vespo[1], vespo_k_neg=vespo[2],
-                             vespo_lambda_neg=vespo[3]),
-        accelerator=SimpleNamespace(num_processes=1, gather=lambda x: x, reduce=lambda x, reduction: x),
-    )  # fmt: skip
-    stub.get_gamma_weights = GRPOTrainer.get_gamma_weights
-    batch, length = mask.shape
-    inputs = dict(
-        prompt_ids=torch.zeros(batch, 1, dtype=torch.long), prompt_mask=torch.ones(batch, 1, dtype=torch.long),
-        completion_ids=torch.zeros(batch, length, dtype=torch.long), completion_mask=mask.long(),
-        advantages=adv, old_per_token_logps=old, num_items_in_batch=mask.sum(),
-    )  # fmt: skip
-    if is_ratio is not None:
-        inputs["importance_sampling_ratio"] = is_ratio
-    return GRPOTrainer._compute_loss(stub, None, inputs)
+def trl_loss(loss_type, log_probs, old, adv, mask, *, eps=(3e-4, 4e-4), **kw):
+    """:func:`integration_cases.trl_loss` with GSPO's clip as the default ``(ε_low, ε_high)``."""
+    return trl_case_loss(loss_type, log_probs, old, adv, mask, eps_low=eps[0], eps_high=eps[1], **kw)
 
 
 def trl_vllm_ratio(old, sampler, mask, mode, clip_min=None, clip_max=2.0):

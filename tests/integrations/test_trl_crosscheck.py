@@ -5,8 +5,6 @@ returns our tensors, so TRL's exact loss code runs on them.
 """
 
 import importlib.util
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,33 +12,9 @@ import torch
 if importlib.util.find_spec("trl") is None:
     pytest.skip("TRL is not installed (pip install 'sspo[trl]')", allow_module_level=True)
 
-from integration_cases import grad_of, random_batch
-from trl import GRPOTrainer
+from integration_cases import grad_of, random_batch, trl_loss
 
 import sspo
-
-
-def trl_loss(loss_type, log_probs, old, adv, mask, *, level="token", eps_low=0.2, eps_high=0.2, tau_pos=1.0,
-             tau_neg=1.05, max_len=None):  # fmt: skip
-    """TRL 1.16's loss for ``loss_type`` (one process, no accumulation, on-line training mode)."""
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (log_probs, torch.zeros_like(log_probs), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level, beta=0.0,
-        loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high, use_vllm=False,
-        vllm_importance_sampling_correction=False, model=SimpleNamespace(training=True),
-        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False, aux_loss_enabled=False,
-        _metrics={"train": defaultdict(list)}, max_completion_length=max_len,
-        args=SimpleNamespace(delta=None, sapo_temperature_pos=tau_pos, sapo_temperature_neg=tau_neg,
-                             steps_per_generation=1, use_bias_correction_kl=False),
-        accelerator=SimpleNamespace(num_processes=1, gather=lambda x: x, reduce=lambda x, reduction: x),
-    )  # fmt: skip
-    batch, length = mask.shape
-    inputs = dict(
-        prompt_ids=torch.zeros(batch, 1, dtype=torch.long), prompt_mask=torch.ones(batch, 1, dtype=torch.long),
-        completion_ids=torch.zeros(batch, length, dtype=torch.long), completion_mask=mask.long(),
-        advantages=adv, old_per_token_logps=old, num_items_in_batch=mask.sum(),
-    )  # fmt: skip
-    return GRPOTrainer._compute_loss(stub, None, inputs)
 
 
 def assert_same(a, b, leaf, tol=1e-12):
