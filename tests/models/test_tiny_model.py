@@ -120,3 +120,14 @@ def test_model_directory_round_trip_keeps_the_character_tokenizer(tmp_path):
     assert reloaded.decode(reloaded(text)["input_ids"]) == text
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     torch.testing.assert_close(reloaded_model(ids).logits, model(ids).logits)
+
+
+def test_the_4x_model_has_four_times_the_parameters_and_is_a_valid_model_name():
+    from sspo.trainer.config import check_model_source
+
+    small, _ = load_model_and_tokenizer("tiny")
+    large, tok = load_model_and_tokenizer("tiny-4x")
+    n_small, n_large = (sum(p.numel() for p in m.parameters()) for m in (small, large))
+    assert 3.5 <= n_large / n_small <= 4.5 and large.config.hidden_size == 2 * small.config.hidden_size
+    assert tok.vocab_size == build_char_tokenizer().vocab_size
+    check_model_source("tiny-4x")  # accepted like "tiny"

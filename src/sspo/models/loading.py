@@ -18,6 +18,12 @@ from transformers import (
 from sspo.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
 TINY_NAME = "tiny"
+TINY_SIZES: dict[str, TinyModelConfig] = {
+    TINY_NAME: TinyModelConfig(),
+    "tiny-4x": TinyModelConfig(hidden_size=256, num_heads=8, num_kv_heads=4, intermediate_size=768),
+}
+"""Built-in model names: ``tiny`` (~0.8M parameters) and ``tiny-4x`` (twice as wide, ~3.2M: the stress
+ladder's scale check), both with the character tokenizer."""
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -74,7 +80,8 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return ``(model, tokenizer)`` for a causal LM.
 
-    - ``"tiny"``: the built-in character tokenizer and a fresh tiny Qwen2 (``tiny_config`` or defaults).
+    - ``"tiny"`` or ``"tiny-4x"`` (:data:`TINY_SIZES`): the built-in character tokenizer and a fresh tiny
+      Qwen2 of that size (or of ``tiny_config``).
     - a local directory: loaded with ``AutoTokenizer`` / ``AutoModelForCausalLM`` (no network).
     - anything else: treated as a hub id; with ``HF_HUB_OFFLINE=1`` only the local cache is consulted.
       If it cannot be fetched, a :class:`ModelUnavailableError` (a ``RuntimeError``) says so and suggests
@@ -86,9 +93,9 @@ def load_model_and_tokenizer(
     """
     torch_dtype = _resolve_dtype(dtype)
     name = os.fspath(name_or_path)
-    if name == TINY_NAME:
+    if name in TINY_SIZES:
         tokenizer = build_char_tokenizer()
-        model = build_tiny_model(tokenizer, tiny_config)
+        model = build_tiny_model(tokenizer, tiny_config or TINY_SIZES[name])
     else:
         if tiny_config is not None:
             raise ValueError("tiny_config is only used when name_or_path == 'tiny'")

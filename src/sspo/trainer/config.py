@@ -237,7 +237,8 @@ class WarmStartConfig:
 @dataclass
 class TrainConfig:
     model: str = "tiny"
-    """``tiny`` (built-in ~1M-parameter Qwen2, character tokenizer) or a hub id or local path."""
+    """``tiny`` (built-in ~1M-parameter Qwen2, character tokenizer), ``tiny-4x`` (its 4x-parameter sibling),
+    or a hub id or local path."""
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -602,7 +603,9 @@ def check_model_source(name: str) -> None:
     :class:`ConfigError` otherwise. Whether a hub id can be fetched is known only when it is loaded."""
     from pathlib import Path as _Path
 
-    if name == "tiny" or _Path(name).expanduser().is_dir():
+    from ..models.loading import TINY_SIZES
+
+    if name in TINY_SIZES or _Path(name).expanduser().is_dir():
         return
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip()
     if looks_local:
