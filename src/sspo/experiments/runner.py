@@ -271,10 +271,10 @@ def auto_workers(config: dict) -> int:
 
 class WarmStarts:
     """The warm-start jobs of a plan. ``shared``: one warm start, built with seed 0 in the usual cache,
-    is every seed's starting checkpoint (linked into an experiment-private cache under each seed's
-    key; pass :attr:`overrides` to every run); ``per-seed``: one job per distinct warm-start key."""
+    is every seed's starting checkpoint (linked into an experiment-private cache, ``out/<cache>``, under
+    each seed's key; pass :attr:`overrides` to every run); ``per-seed``: one job per distinct warm-start key."""
 
-    def __init__(self, plan: Plan, mode: str, seed0_config: dict):
+    def __init__(self, plan: Plan, mode: str, seed0_config: dict, *, cache: str = SHARED_CACHE):
         from ..trainer.config import ConfigError, config_from_dict
         from ..trainer.warm_start import cache_root, warm_start_key
 
@@ -288,9 +288,11 @@ class WarmStarts:
         if mode == "shared" and seed0_config["warm_start"]["steps"] > 0:
             typed = config_from_dict(seed0_config)
             path = cache_root(typed) / f"warmstart-{warm_start_key(typed)}"
-            self.source = Job("warm_start", f"warm start shared by every seed ({path.name})", path, seed0_config, 0)
+            seed = seed0_config["seed"]
+            who = "every seed" if cache == SHARED_CACHE else f"the seeds of {cache}"
+            self.source = Job("warm_start", f"warm start shared by {who} ({path.name})", path, seed0_config, seed)
             plan.warm_starts.append(self.source)
-            self.overrides = [f"warm_start.cache_dir={(plan.out / SHARED_CACHE).resolve()}"]
+            self.overrides = [f"warm_start.cache_dir={(plan.out / cache).resolve()}"]
 
     def attach(self, job: Job) -> None:
         """Make ``job`` (a training run) wait for its warm start, adding that warm start if new."""
@@ -380,8 +382,10 @@ def _payload(plan: Plan, job: Job) -> dict:
     return payload
 
 
-def execute_plan(plan: Plan, *, echo: bool = True) -> list[str]:
+def execute_plan(plan: Plan, *, echo: bool = True, stop_after_s: float | None = None) -> list[str]:
     """Run every job not yet done, at most ``plan.workers`` at once; returns the names of failed jobs.
+    ``stop_after_s``: start no job after this many seconds (a chunk of a long plan: what runs finishes,
+    the rest waits for the next call, which skips what is done).
 
     A run starts once its seed's warm start is built; the seed's supervised control starts once every
     run of that seed has finished (so controls of early seeds overlap later runs). A single warm start
@@ -423,9 +427,16 @@ def execute_plan(plan: Plan, *, echo: bool = True) -> list[str]:
         return _spawn(job, payload, log_path), time.perf_counter() - t0
 
     count = 0
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, plan.workers)) as pool:
         running: dict = {}
         while pending or running:
+            if pending and stop_after_s is not None and time.perf_counter() - started > stop_after_s:
+                log(f"chunk limit of {stop_after_s / 60:.0f} min reached: {len(pending)} job(s) left for the next "
+                    "call (run the same command again)")  # fmt: skip
+                pending.clear()
+                if not running:
+                    break
             for job in list(pending):
                 if len(running) >= plan.workers:
                     break
