@@ -34,6 +34,9 @@ def test_the_full_ladder_is_paired_within_a_seed(tmp_path):
     assert methods == 11 and len(FULL.levels) == 9
     assert len(plan.runs) == methods * (9 * 8 + 2 * 4)  # 8 seeds per cell, 12 in the headline levels L0 and L3
     assert {(j.setting, j.seed) for j in plan.runs if j.seed >= 8} == {(lv, s) for lv in ("L0", "L3") for s in range(8, 12)}
+    headline = 11 * 2 * 12  # the headline levels' runs come first, seed-major: a short chunk leaves paired seeds there
+    assert {j.setting for j in plan.runs[:headline]} == {"L0", "L3"} and [j.seed for j in plan.runs[:44:22]] == [0, 1]
+    assert {j.setting for j in plan.runs[headline:]} == set(FULL.levels) - {"L0", "L3"}
     assert len(plan.warm_starts) == 2  # seeds split over two warm starts: even seeds on one, odd on the other
     assert all(job.needs == [plan.warm_starts[job.seed % 2].name] for job in plan.runs)
     plain = {name for name, v in method_variants().items() if not v.overrides}

@@ -141,3 +141,36 @@ def test_tuning_on_an_evaluation_seed_is_refused(tmp_path):
     path.write_text(text)
     with pytest.raises(ValueError, match="uses seed 3, an evaluation seed"):
         chosen_lrs(tmp_path, lr_from=str(path))
+
+
+def _fake_spawn(events):
+    def spawn(job, payload, log_path):
+        events.append(job.name)
+        job.result_file.parent.mkdir(parents=True, exist_ok=True)
+        result = {"train": {"accuracy_before": 0.1, "accuracy_after": 0.2, "steps": 3, "train_seconds": 7.0,
+                            "wall_seconds": 9.0}, "warm_start": {"steps": 1, "seconds": 0.0}}[job.kind]  # fmt: skip
+        job.result_file.write_text(json.dumps(result))
+        return 0
+
+    return spawn
+
+
+def test_runs_start_in_the_plans_order_headline_first_and_a_chunk_limit_stops_dispatch(tmp_path, monkeypatch):
+    from sspo.experiments import runner
+    from sspo.experiments.stress.ladder import build_plan
+
+    ladder = Ladder(levels=("L0", "L1", "L3"), objectives=("grpo", "sspo"), seeds=2, headline_levels=("L3",),
+                    headline_seeds=3, warm_starts=2)  # fmt: skip
+    cache = f"warm_start.cache_dir={tmp_path / 'cache'}"
+    plan = build_plan(tmp_path / "out", ladder, workers=1, overrides=[cache])
+    assert [j.name for j in plan.runs[:6]] == [f"L3/{m}/seed{s}" for s in range(3) for m in ("grpo", "sspo")]
+    events: list[str] = []
+    monkeypatch.setattr(runner, "_spawn", _fake_spawn(events))
+    runner.execute_plan(build_plan(tmp_path / "stopped", ladder, workers=1, overrides=[cache]), echo=False,
+                        stop_after_s=0.0)  # fmt: skip
+    assert events == [] and "chunk limit of 0 min reached" in (tmp_path / "stopped" / "stress.log").read_text()
+    warm_of = {id(j.config): j for j in plan.warm_starts}  # one worker: warm starts are built in this process
+    monkeypatch.setattr(runner, "run_job", lambda payload: _fake_spawn(events)(warm_of[id(payload["config"])], payload, None))
+    assert runner.execute_plan(plan, echo=False) == []
+    trained = [e for e in events if not e.startswith("warm start")]
+    assert trained == [j.name for j in plan.runs]  # the plan's order, not sorted by seed

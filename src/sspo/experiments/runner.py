@@ -393,9 +393,12 @@ def execute_plan(plan: Plan, *, echo: bool = True, stop_after_s: float | None = 
     two torch threads on two busy cores were measured ~10x slower per step than one.
     """
     log = _Log(plan.out / plan.log_file, echo=echo)
-    order = {"warm_start": 0, "train": 1, "sft": 1}
-    jobs = sorted(plan.warm_starts + plan.runs + plan.controls,
-                  key=lambda j: (order[j.kind], j.seed, j.kind == "sft"))  # fmt: skip
+    # warm starts first; then the runs in the plan's order, each control just after its seed's last run
+    rank = {id(j): float(i) for i, j in enumerate(plan.runs)}
+    last = {j.seed: i for i, j in enumerate(plan.runs)}
+    rank.update({id(j): last.get(j.seed, len(plan.runs)) + 0.5 for j in plan.controls})
+    rank.update({id(j): float(j.seed) for j in plan.warm_starts})
+    jobs = sorted(plan.warm_starts + plan.runs + plan.controls, key=lambda j: (j.kind != "warm_start", rank[id(j)]))
     for title, group in (("warm start", plan.warm_starts), ("runs", plan.runs), ("controls", plan.controls)):
         skipped = sum(j.done() for j in group)
         if skipped:

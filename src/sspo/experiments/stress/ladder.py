@@ -221,8 +221,10 @@ def parse_method(name: str) -> tuple[str, float | None]:
 
 def build_plan(out: str | Path, ladder: Ladder, *, workers: int = 0, overrides: list[str] | tuple = (),
                preset: str = PRESET, skip: set[tuple[str, str, int]] | None = None) -> Plan:  # fmt: skip
-    """Every run of the ladder, seed-major (early results cover every cell), each seed from its group's
-    warm start. ``skip``: ``(level, method, seed)`` runs to leave out (done elsewhere)."""
+    """Every run of the ladder, each seed from its group's warm start: the headline levels' runs first,
+    seed-major (a chunk that ends early leaves paired seeds where the headline claims rest), then the
+    other levels', seed-major (early results cover every cell). ``skip``: ``(level, method, seed)`` runs
+    to leave out (done elsewhere)."""
     from ...trainer.config import ConfigError
 
     known = method_variants()
@@ -259,19 +261,20 @@ def build_plan(out: str | Path, ladder: Ladder, *, workers: int = 0, overrides: 
     cells = [(lv, v, lr) for lv in levels for v, lr in methods]
     cells += [(lv, v, chosen.get(v.objective)) for lv in sweep_levels for group in ladder.sweeps for v in sweeps[group]]
     seeds = range(ladder.first_seed, ladder.first_seed + max(ladder.seeds, ladder.headline_seeds))
-    for i, seed in enumerate(seeds):
+    order = [(i, seed, cell) for i, seed in enumerate(seeds) for cell in cells if cell[0].name in headline]
+    order += [(i, seed, cell) for i, seed in enumerate(seeds) for cell in cells if cell[0].name not in headline]
+    for i, seed, (lv, variant, lr) in order:
         warm = groups[seed % ladder.warm_starts]
-        for lv, variant, lr in cells:
-            if i >= ladder.seeds and lv.name not in headline:
-                continue
-            method = variant.method + (lr_tag(lr) if ladder.lrs else "")
-            if skip and (lv.name, method, seed) in skip:
-                continue
-            directory = out / "runs" / lv.name / method / f"seed{seed}"
-            setting = {**lv.overrides, **variant.overrides, **({"optim.lr": lr} if lr is not None else {})}
-            config = run_config(preset, variant.objective, params=variant.params, setting=setting, seed=seed,
-                                out_dir=directory, threads=threads, overrides=[*overrides, *warm.overrides])  # fmt: skip
-            job = Job("train", f"{lv.name}/{method}/seed{seed}", directory, config, seed, lv.name, method)
-            plan.runs.append(job)
-            warm.attach(job)
+        if i >= ladder.seeds and lv.name not in headline:
+            continue
+        method = variant.method + (lr_tag(lr) if ladder.lrs else "")
+        if skip and (lv.name, method, seed) in skip:
+            continue
+        directory = out / "runs" / lv.name / method / f"seed{seed}"
+        setting = {**lv.overrides, **variant.overrides, **({"optim.lr": lr} if lr is not None else {})}
+        config = run_config(preset, variant.objective, params=variant.params, setting=setting, seed=seed,
+                            out_dir=directory, threads=threads, overrides=[*overrides, *warm.overrides])  # fmt: skip
+        job = Job("train", f"{lv.name}/{method}/seed{seed}", directory, config, seed, lv.name, method)
+        plan.runs.append(job)
+        warm.attach(job)
     return plan
