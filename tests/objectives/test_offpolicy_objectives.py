@@ -381,3 +381,93 @@ def test_a_non_finite_old_log_prob_is_named_as_such_with_a_correction():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="old_log_probs has non-finite"):
         sspo.policy_loss("grpo", lp, bad, adv, mask, rollout_log_probs=old, rollout_is="token")
+
+
+def test_a_finite_batch_whose_log_ratios_sum_past_the_float_range_passes_the_finite_check():
+    """The check sums δ (a sum is finite only if every term is) and looks closer only when it is not."""
+    mask = torch.tensor([[True, True, True, False]])
+    old = torch.tensor([[3e38, 3e38, 3e38, float("nan")]])
+    roll = torch.tensor([[-3e38, -3e38, -3e38, float("inf")]])  # δ overflows to inf; each input is finite
+    c = sspo.rollout_correction(old, roll, mask, rollout_is="token", check_finite=True)
+    assert torch.equal(c.weights, torch.tensor([[2.0, 2.0, 2.0, 0.0]]))  # δ clamped to 20, then truncated
+    for bad, name in ((roll, "rollout_log_probs"), (old, "log_probs")):
+        bad[0, 1] = float("nan")
+        with pytest.raises(ValueError, match=f"{name} has non-finite"):
+            sspo.rollout_correction(old, roll, mask, rollout_is="token", check_finite=True)
+        bad[0, 1] = 3e38 if bad is old else -3e38
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("threshold", [1.5, "0.7_1.4"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_correction_weights_and_metrics_are_their_definitions(level, threshold, normalize):
+    """Weights and metrics equal their plain ``[B, T]`` definitions (each row's weight spread on its tokens)."""
+    _, old, _, mask = random_case(20, batch=16, length=24)
+    roll = _sampler(old, 21, scale=0.3)
+    given = mask.clone()
+    rs = {"rollout_rs": "token_k1,seq_mean_k3,seq_max_k2", "rollout_rs_threshold": "2.0,0.05,0.25"}
+    c = sspo.rollout_correction(old, roll, mask, rollout_is=level, rollout_is_threshold=threshold,
+                                rollout_is_batch_normalize=normalize, **rs)  # fmt: skip
+    assert torch.equal(mask, given)  # the caller's mask is left as it was
+    delta = torch.where(mask, old - roll, 0.0)
+    raw = torch.exp(delta) if level == "token" else torch.exp(delta.sum(-1, keepdim=True)).expand_as(delta)
+    raw = torch.where(mask, raw, 0.0)
+    n = mask.sum()
+    if isinstance(threshold, float):
+        w = raw.clamp(max=threshold)
+        assert c.metrics["rollout_corr/is_truncated_frac"].item() == (raw > threshold).sum().item() / n.item()
+    else:
+        inside = (raw >= 0.7) & (raw <= 1.4)
+        w = torch.where(inside, raw, 0.0)
+        assert c.metrics["rollout_corr/is_masked_frac"].item() == (mask & ~inside).sum().item() / n.item()
+        assert (mask & ~inside).any()
+    if normalize:
+        unit = w if level == "token" else w.amax(-1)
+        w = w / unit[mask if level == "token" else mask.any(-1)].mean()
+    torch.testing.assert_close(c.weights, w, rtol=1e-15, atol=0)
+    torch.testing.assert_close(c.metrics["rollout_corr/is_mean"], w[mask].mean(), rtol=1e-15, atol=0)
+    torch.testing.assert_close(c.metrics["rollout_corr/is_min"], w[mask].min(), rtol=1e-15, atol=0)
+    torch.testing.assert_close(c.metrics["rollout_corr/is_max"], w.max(), rtol=1e-15, atol=0)
+    k3 = (torch.expm1(delta) - delta).sum(-1) / mask.sum(-1).clamp(min=1)
+    max_k2 = (0.5 * delta**2).amax(-1)
+    keep = mask & (delta.abs() <= math.log(2.0)) & ((k3 <= 0.05) & (max_k2 <= 0.25))[:, None]
+    assert torch.equal(c.mask, keep) and (mask & ~keep).any() and keep.any()
+    assert c.metrics["rollout_corr/rs_masked_frac"].item() == pytest.approx(1 - keep.sum().item() / n.item(), abs=1e-15)
+    touched = (mask & ~keep).any(-1)[mask.any(-1)]
+    assert c.metrics["rollout_corr/rs_seq_masked_frac"].item() == touched.float().mean().item()
+
+
+@pytest.mark.parametrize("bounds", ["2.0", "0.6_1.25"])
+def test_token_k1_bounds_are_inclusive(bounds):
+    """``token_k1`` keeps ``−δ`` in ``[log L, log U]``, bounds included: symmetric (``L = 1/U``) or not."""
+    lo, hi = (0.5, 2.0) if bounds == "2.0" else (0.6, 1.25)
+    delta = torch.tensor([[-math.log(hi), -math.log(lo), -math.log(hi) - 1e-9, -math.log(lo) + 1e-9, 0.0]],
+                         dtype=torch.float64)  # fmt: skip
+    mask = torch.ones_like(delta, dtype=torch.bool)
+    c = sspo.rollout_correction(delta, torch.zeros_like(delta), mask, rollout_rs="token_k1", rollout_rs_threshold=bounds)
+    assert c.mask.tolist() == [[True, True, False, False, True]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(3))
+def test_m2po_breaks_ties_by_position_as_algorithm_1_does(dtype, seed):
+    """Many equal ``M2`` (Δ on a grid of 1/8, so every sum is exact): of equal values the earlier token is
+    masked first, as the literal loop's argmax does; in float32 too (the sort orders the values' bits)."""
+    lp, old, adv, mask = random_case(seed, batch=8, length=16, drift=0.4)
+    delta = torch.where(mask, torch.round((lp.detach() - old) * 8) / 8, 0.0)
+    lp = (old + delta).to(dtype).requires_grad_(True)
+    old, adv = old.to(dtype), adv.to(dtype)
+    delta = torch.where(mask, lp.detach() - old, 0.0)
+    for tau in (0.02, 0.05):
+        out = sspo.policy_loss("m2po", lp, old, adv, mask, m2_threshold=tau)
+        keep = _algorithm_1(delta.double(), mask, tau)
+        m2 = (delta.double() ** 2)[mask]
+        assert (m2 > tau).sum() > len(set(m2[m2 > tau].tolist()))  # there are ties above the bound
+        expected = torch.where(keep, torch.exp(delta) * adv[:, None], 0.0) / mask.sum()
+        torch.testing.assert_close(-grad_of(out.loss, lp), expected.to(dtype))
+        assert out.metrics["m2po/masked_frac"].item() == pytest.approx(1 - keep.sum().item() / mask.sum().item())
+        dropped, n = mask & ~keep, mask.sum().item()
+        assert out.metrics["pg_clipfrac_low"].item() == pytest.approx((dropped & (delta < 0)).sum().item() / n)
+        assert out.metrics["pg_clipfrac_high"].item() == pytest.approx((dropped & (delta >= 0)).sum().item() / n)
+        kept_m2 = (delta**2)[keep]
+        torch.testing.assert_close(out.metrics["m2po/m2_kept"], kept_m2.sum() / max(len(kept_m2), 1))

@@ -77,11 +77,11 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return masked_sum(values, mask) / count
 
 
-def masked_min(values: Tensor, mask: Tensor) -> Tensor:
-    """Minimum over ``mask``; 0 when the mask is empty."""
+def masked_min(values: Tensor, mask: Tensor, any_valid: Tensor | None = None) -> Tensor:
+    """Minimum over ``mask``; 0 when the mask is empty (``any_valid``: ``mask.any()``, when known)."""
     big = torch.full((), float("inf"), dtype=values.dtype, device=values.device)
     out = torch.where(mask, values, big).amin()
-    return torch.where(mask.any(), out, torch.zeros_like(out))
+    return torch.where(mask.any() if any_valid is None else any_valid, out, torch.zeros_like(out))
 
 
 def masked_max(values: Tensor, mask: Tensor) -> Tensor:
@@ -107,10 +107,15 @@ def select(cond: Tensor, if_true: float, if_false: float, like: Tensor) -> Tenso
     return torch.where(cond, a, torch.tensor(if_false, dtype=like.dtype, device=like.device))
 
 
+def share(count: Tensor, total: Tensor) -> Tensor:
+    """``count / max(total, 1)`` in float32: a fraction from counts already taken."""
+    return (count / total.clamp(min=1)).to(torch.float32)
+
+
 def fraction(flags: Tensor, mask: Tensor) -> Tensor:
     """Fraction of ``mask`` positions where ``flags`` holds (float32; 0 when the mask is empty). Counts
     booleans directly: no float copy of the ``[B, T]`` flags."""
-    return ((flags & mask).sum() / mask.sum().clamp(min=1)).to(torch.float32)
+    return share((flags & mask).sum(), mask.sum())
 
 
 # ----------------------------------------------------------------------------- aggregation

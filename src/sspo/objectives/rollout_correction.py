@@ -114,29 +114,31 @@ def parse_rs(rollout_rs: str, threshold) -> list[tuple[str, float | None, float]
     return parsed
 
 
-def _criterion_keeps(option: str, lower, upper, delta: Tensor, mask: Tensor) -> Tensor:
-    """``[B, T]`` bool: tokens that pass one rejection criterion (a sequence criterion passes or fails rows).
-    ``delta`` is 0 at masked positions, where every statistic is then 0 too (no select needed)."""
+def _criterion_keeps(option: str, lower, upper, delta: Tensor, lengths: Tensor) -> Tensor:
+    """``[B, T]`` bool (``[B, 1]`` for a sequence criterion): tokens (rows) that pass one rejection
+    criterion. ``delta`` is 0 at masked positions, where every statistic is then 0 too (no select needed);
+    ``lengths``: ``[B]`` valid tokens per row."""
     estimator = option[-2:]
     if option == "token_k1":  # −δ in [log L, log U]
-        return (delta <= -math.log(lower)) & (delta >= -math.log(upper))
+        lo, hi = -math.log(upper), -math.log(lower)
+        if lo == -hi:  # L = 1/U: one comparison, |δ| ≤ log U
+            return delta.abs() <= hi
+        return (delta <= hi).logical_and_(delta >= lo)
     if estimator == "k1":
         stat = -delta
     elif estimator == "k2":
-        stat = 0.5 * delta * delta
+        stat = (0.5 * delta).mul_(delta)
     else:
-        stat = torch.expm1(delta) - delta
+        stat = torch.expm1(delta).sub_(delta)
     if option.startswith("seq_sum"):
         stat = stat.sum(-1, keepdim=True)
     elif option.startswith("seq_mean"):
-        stat = stat.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        stat = stat.sum(-1, keepdim=True) / lengths[:, None].clamp(min=1)
     elif option.startswith("seq_max"):  # k2, k3 >= 0: the row's max over its valid tokens, 0 for an empty row
         stat = stat.amax(-1, keepdim=True)
     if estimator == "k1":
-        keep = (stat >= math.log(lower)) & (stat <= math.log(upper))
-    else:
-        keep = stat <= upper
-    return keep.expand_as(mask)
+        return (stat >= math.log(lower)) & (stat <= math.log(upper))
+    return stat <= upper
 
 
 def rollout_correction(
@@ -169,51 +171,62 @@ def rollout_correction(
     mask = mask.bool()
     dtype = torch.promote_types(log_probs.dtype, torch.float32)
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
-    delta = torch.where(mask, log_probs.detach().to(dtype) - rollout_log_probs.detach().to(dtype), zero)
-    if check_finite and not bool(torch.isfinite(delta).all()):  # one pass; name the culprit only on failure
+    # delta is this function's own buffer, updated in place and at last turned into the weights: each
+    # [B, T] temporary costs a pass over memory (and, on CPU, page faults)
+    delta = log_probs.detach().to(dtype) - rollout_log_probs.detach().to(dtype)
+    delta = torch.where(mask, delta, zero, out=delta)
+    # a sum is finite only if every term is (one cheap pass); name the culprit only on failure
+    if check_finite and not bool(torch.isfinite(delta.sum())):
         for name, t in (("rollout_log_probs", rollout_log_probs), (centre_name, log_probs)):
             if bool(((~torch.isfinite(t)) & mask).any()):
                 raise ValueError(f"{name} has non-finite value(s) at valid (mask=1) positions; "
                                  "pass check_finite=False to skip this check")  # fmt: skip
-    delta = delta.clamp(-SAFETY_BOUND, SAFETY_BOUND)
-    count = mask.sum().clamp(min=1).to(dtype)  # every metric below is a mean over the valid tokens
+    delta = delta.clamp_(-SAFETY_BOUND, SAFETY_BOUND)
+    # [B] n_i where needed; every metric below is a mean over the n valid tokens. Bool counts: a .sum()
+    # copies the [B, T] flags to int64 first, count_nonzero does not, int32 halves the copy
+    lengths = mask.sum(-1, dtype=torch.int32) if rollout_is == "sequence" or criteria else None
+    n = torch.count_nonzero(mask) if lengths is None else lengths.sum()
+    count = n.clamp(min=1).to(dtype)
     metrics = {"rollout_corr/kl": -delta.sum() / count}  # delta is 0 where masked
 
+    keep = mask  # the caller's: never updated in place
+    for i, (option, lo, hi) in enumerate(criteria):
+        # a new tensor (a row criterion's [B, 1] materialised: a broadcast & of bools is many times slower)
+        passed = _criterion_keeps(option, lo, hi, delta, lengths).expand_as(mask).contiguous()
+        keep = passed.logical_and_(mask) if i == 0 else keep.logical_and_(passed)
+
     weights = None
-    if rollout_is is not None:
-        if rollout_is == "token":
-            raw = torch.exp(delta)
-        else:
-            raw = torch.exp(masked_sum(delta, mask, dim=-1).clamp(-SAFETY_BOUND, SAFETY_BOUND))[:, None].expand_as(delta)
-        raw = torch.where(mask, raw, zero)
+    if rollout_is is not None:  # the weight of each unit: a token ([B, T]) or a row ([B], spread at the end)
+        if rollout_is == "token":  # delta is 0 where masked, its exp 1: zeroed
+            raw, valid, size = torch.where(mask, delta.exp_(), zero, out=delta), mask, None
+        else:  # delta's row sums are its masked sums
+            raw = torch.exp(delta.sum(-1).clamp(-SAFETY_BOUND, SAFETY_BOUND))
+            valid, size = lengths > 0, lengths
+
+        def tokens(flags: Tensor) -> Tensor:  # valid tokens of the units where flags holds
+            return torch.count_nonzero(flags) if size is None else (size * flags).sum()
+
         if lower is None:
-            weights = raw.clamp(max=upper)
-            metrics["rollout_corr/is_truncated_frac"] = (raw > upper).sum() / count  # raw is 0 where masked
+            metrics["rollout_corr/is_truncated_frac"] = tokens(raw > upper) / count  # raw: 0 where masked
+            w = raw.clamp_(max=upper)
         else:
-            inside = (raw >= lower) & (raw <= upper)
-            weights = torch.where(inside, raw, zero)
-            metrics["rollout_corr/is_masked_frac"] = (mask & ~inside).sum() / count
-        if rollout_is_batch_normalize:
-            if rollout_is == "token":
-                mean = masked_mean(weights, mask)
-            else:
-                seq_valid = mask.any(-1)
-                mean = masked_mean(weights.amax(-1), seq_valid)
-            weights = torch.where(mean > 1e-8, weights / mean.clamp(min=1e-8), weights)
-        weights = weights.detach()
+            inside = (raw >= lower).logical_and_(raw <= upper)
+            metrics["rollout_corr/is_masked_frac"] = tokens(valid & ~inside) / count
+            w = torch.where(inside, raw, zero, out=raw)
+        if rollout_is_batch_normalize:  # w / mean where mean > 1e-8 (w / 1 is w)
+            mean = masked_mean(w, valid)
+            w = w.div_(torch.where(mean > 1e-8, mean, 1.0))
+        weights = w if size is None else torch.where(mask, w[:, None], zero, out=delta)
         metrics.update({  # weights are >= 0 and 0 where masked
             "rollout_corr/is_mean": weights.sum() / count,
-            "rollout_corr/is_min": masked_min(weights, mask),
+            "rollout_corr/is_min": masked_min(w, valid, any_valid=n > 0),
             "rollout_corr/is_max": weights.amax() if weights.numel() else zero,
         })  # fmt: skip
 
-    keep = mask
-    for option, lo, hi in criteria:
-        keep = keep & _criterion_keeps(option, lo, hi, delta, mask)
     if criteria:
-        valid_rows = mask.any(-1)
-        metrics["rollout_corr/rs_masked_frac"] = 1.0 - keep.sum() / count
-        metrics["rollout_corr/rs_seq_masked_frac"] = fraction((mask & ~keep).any(-1), valid_rows)
+        kept = keep.sum(-1, dtype=torch.int32)  # kept < lengths: the row lost a token
+        metrics["rollout_corr/rs_masked_frac"] = 1.0 - kept.sum() / count
+        metrics["rollout_corr/rs_seq_masked_frac"] = fraction(kept < lengths, lengths > 0)
     return RolloutCorrection(weights, keep, rollout_is, metrics)
 
 
