@@ -93,13 +93,18 @@ def test_committed_records_join_the_report_and_are_not_run_again(tmp_path):
     assert recorded_runs(old, "main") == set() and collect_phases(tmp_path / "none", old) == {}
 
 
-def _tuning_csv(path, methods, *, missing=0, best=None):
+def _tuning_csv(path, methods, *, missing=0, best=None, beyond=False):
+    """Tuning runs of ``methods`` on the grid (AUC 0.5 at each one's ``best`` lr, default 1e-4, else 0.3);
+    ``beyond``: also the runs past the edge for methods whose best is one (AUC 0.4)."""
+    from sspo.experiments.stress.ladder import LR_BEYOND
+
     rows = []
     for m in methods:
-        for lr in TUNE.lrs:
+        edge = LR_BEYOND.get((best or {}).get(m, 1e-4))
+        for lr in (*TUNE.lrs, *((edge,) if beyond and edge else ())):
             for level in TUNE.levels:
                 for seed in (1000, 1001):
-                    score = 0.5 if lr == (best or {}).get(m, 1e-4) else 0.3
+                    score = 0.5 if lr == (best or {}).get(m, 1e-4) else 0.4 if lr == edge else 0.3
                     rows.append({"phase": "tune", "level": level, "method": m, "variant": f"{m}@lr{lr:g}",
                                  "seed": seed, "lr": lr, "auc": score, "acc_final": score})  # fmt: skip
     rows = rows[: len(rows) - missing]
@@ -122,7 +127,9 @@ def test_the_main_phase_waits_for_a_complete_grid_then_runs_each_method_at_its_l
     cache = f"warm_start.cache_dir={tmp_path / 'cache'}"
     plan, why = phase_plan(tmp_path, "main", small, _args(lr_from=str(incomplete), overrides=[cache]))
     assert plan is None and "waits for the tuning phase" in why
-    full = _tuning_csv(tmp_path / "lr.csv", MAIN_METHODS, best={"sspo": 3e-4, "vespo": 3e-5})
+    edges = _tuning_csv(tmp_path / "edges.csv", MAIN_METHODS, best={"sspo": 3e-4, "vespo": 3e-5})
+    assert chosen_lrs(tmp_path, lr_from=str(edges)) is None  # best at an edge: waits for the point past it
+    full = _tuning_csv(tmp_path / "lr.csv", MAIN_METHODS, best={"sspo": 3e-4, "vespo": 3e-5}, beyond=True)
     choice = chosen_lrs(tmp_path, lr_from=str(full))
     assert choice["sspo"]["lr"] == 3e-4 and choice["vespo"]["lr"] == 3e-5 and choice["grpo"]["lr"] == 1e-4
     plan, summary = phase_plan(tmp_path, "main", small, _args(lr_from=str(full), overrides=[cache]))
@@ -136,7 +143,7 @@ def test_the_main_phase_waits_for_a_complete_grid_then_runs_each_method_at_its_l
 
 
 def test_tuning_on_an_evaluation_seed_is_refused(tmp_path):
-    path = _tuning_csv(tmp_path / "lr.csv", ("grpo",))
+    path = _tuning_csv(tmp_path / "lr.csv", ("grpo", *TUNE.objectives[1:]))
     text = path.read_text().replace(",1000,", ",3,")
     path.write_text(text)
     with pytest.raises(ValueError, match="uses seed 3, an evaluation seed"):
@@ -174,3 +181,29 @@ def test_runs_start_in_the_plans_order_headline_first_and_a_chunk_limit_stops_di
     assert runner.execute_plan(plan, echo=False) == []
     trained = [e for e in events if not e.startswith("warm start")]
     assert trained == [j.name for j in plan.runs]  # the plan's order, not sorted by seed
+
+
+def test_a_best_lr_at_the_grids_edge_runs_one_point_past_it_before_the_choice(tmp_path):
+    from sspo.experiments.stress.phases import beyond_the_edge, tuning_extension
+
+    tune = dataclasses.replace(TUNE, objectives=("grpo", "sspo", "vespo"))
+    grid = _tuning_csv(tmp_path / "grid.csv", tune.objectives, best={"grpo": 1e-4, "sspo": 3e-5, "vespo": 3e-4})
+    assert chosen_lrs(tmp_path, tune, lr_from=str(grid)) is None  # sspo and vespo wait for 1e-5 and 1e-3
+    rows = _read(grid)
+    choice = {m: {"lr": lr} for m, lr in (("grpo", 1e-4), ("sspo", 3e-5), ("vespo", 3e-4))}
+    assert beyond_the_edge(choice, tune) == {1e-5: ("sspo",), 1e-3: ("vespo",)}
+    args = _args(lr_from=str(grid))
+    first = tuning_extension(tmp_path, tune, args)
+    assert first.lrs == (1e-5,) and first.objectives == ("grpo", "sspo")  # the plan needs the baseline
+    extra = [{**rows[0], "method": "sspo", "variant": f"sspo@lr{lr:g}", "level": level, "seed": seed, "lr": lr,
+              "auc": auc} for lr, auc in ((1e-5, 0.45), (1e-3, 0.2)) for level in TUNE.levels for seed in (1000, 1001)]
+    extra += [{**r, "method": "vespo", "variant": "vespo@lr0.001", "lr": 1e-3, "auc": 0.6} for r in extra[4:]]
+    extra += [{**r, "method": "grpo", "variant": "grpo@lr1e-05", "auc": 0.9} for r in extra[:4]]
+    with open(grid, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerows(extra)
+    assert tuning_extension(tmp_path, tune, args) is None
+    choice = chosen_lrs(tmp_path, tune, lr_from=str(grid))
+    assert choice["sspo"]["lr"] == 3e-5 and choice["sspo"]["scores"][1e-5] == pytest.approx(0.45)  # 0.5 > 0.45
+    assert choice["vespo"]["lr"] == 1e-3  # past the edge, better: chosen
+    assert choice["grpo"]["lr"] == 1e-4 and 1e-5 not in choice["grpo"]["scores"]  # not at an edge: grid only
+    assert 1e-3 not in choice["sspo"]["scores"]  # sspo was at the lower edge only

@@ -77,9 +77,39 @@ def _phases(args: argparse.Namespace) -> list[str | None]:
     return list(PHASE_ORDER) if args.phase == "all" else [args.phase]
 
 
-def main(args: argparse.Namespace) -> int:
-    from ...trainer.config import ConfigError
+def _run_phase(out: Path, phase: str | None, args: argparse.Namespace, summaries: list[str], failed: list[str],
+               t0: float, stop_s: float | None) -> bool:  # fmt: skip
+    """Plan and run one phase; ``True`` when it is complete (or only planned, with ``--dry-run``). The
+    tuning phase plans again once its grid is done: the runs past the grid's edges
+    (:func:`phases.tuning_extension`), until none is left."""
+    from ..runner import execute_plan
     from .phases import phase_plan
+
+    summaries.append("")
+    while True:
+        plan, summaries[-1] = phase_plan(out, phase, ladder_from_args(args, phase), args)
+        if plan is None:  # waits for an earlier phase
+            print(summaries[-1], flush=True)
+            return False
+        pending = [job for job in plan.runs if not job.done()]
+        if args.dry_run or pending or phase != "tune":
+            print(plan.describe(), flush=True)
+        if args.dry_run:
+            return True
+        if not pending:
+            return True
+        left = None if stop_s is None else stop_s - (time.perf_counter() - t0)
+        if left is not None and left <= 0:
+            print(f"stress: the chunk limit ({args.max_minutes:g} min) is spent; run again to continue")
+            return False
+        failed += execute_plan(plan, stop_after_s=left)
+        if any(not job.done() for job in plan.runs):
+            return False
+        if phase != "tune":
+            return True
+
+
+def main(args: argparse.Namespace) -> int:
     from .report import markdown_table, write_report
 
     out = Path(args.out)
@@ -88,26 +118,8 @@ def main(args: argparse.Namespace) -> int:
     stop_s = args.max_minutes * 60 if args.max_minutes else None
     summaries = []
     if not args.report_only:
-        from ..runner import execute_plan
-
         for phase in _phases(args):
-            try:
-                plan, summary = phase_plan(out, phase, ladder_from_args(args, phase), args)
-            except ConfigError:
-                raise
-            summaries.append(summary)
-            if plan is None:  # waits for an earlier phase
-                print(summary, flush=True)
-                break
-            print(plan.describe(), flush=True)
-            if args.dry_run:
-                continue
-            left = None if stop_s is None else stop_s - (time.perf_counter() - t0)
-            if left is not None and left <= 0:
-                print(f"stress: the chunk limit ({args.max_minutes:g} min) is spent; run again to continue")
-                break
-            failed += execute_plan(plan, stop_after_s=left)
-            if any(not job.done() for job in plan.runs):
+            if not _run_phase(out, phase, args, summaries, failed, t0, stop_s):
                 break  # an unfinished phase: the later ones need it (chosen lrs) or wait their turn
         if args.dry_run:
             return 0

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from ..runner import Job, Plan, WarmStarts, auto_workers, run_config
 
-__all__ = ["ASYNC_LEVELS", "BASELINE", "COMMON_LR", "LEVELS", "LOG_FILE", "MAIN", "MAIN_METHODS", "PHASES", "QUICK",
+__all__ = ["ASYNC_LEVELS", "BASELINE", "COMMON_LR", "LEVELS", "LOG_FILE", "LR_BEYOND", "LR_GRID", "MAIN",
+           "MAIN_METHODS", "PHASES", "QUICK",
            "SCALE", "SWEEPS", "TUNE", "Ladder", "Level", "Variant", "build_plan", "method_variants", "parse_method",
            "variants"]  # fmt: skip
 
@@ -152,6 +153,9 @@ SWEEP_LEVELS = ("L3",)
 """Where the sweeps run when asked for (``--sweeps``): the first level at which the objectives part ways."""
 
 LR_GRID = (3e-5, 1e-4, 3e-4)
+LR_BEYOND = {3e-5: 1e-5, 3e-4: 1e-3}
+"""One more point past each edge of the grid: a method whose best lr on the grid is an edge also runs
+there, once (so its chosen lr is not an artefact of where the grid stops)."""
 COMMON_LR_VALUE = 1e-4
 """The learning rate every method shared in the first ladder (tuned on the SSPO demo)."""
 

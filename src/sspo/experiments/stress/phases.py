@@ -69,22 +69,70 @@ def _tuning_records(out: Path, lr_from: str | None, records_dir: str | None) -> 
     return collect_phases(out, records_dir, only=("tune",)).get("tune", [])
 
 
+def _grid_choice(records: list[dict], tune: Ladder, lrs: tuple[float, ...]) -> dict[str, dict] | None:
+    """:func:`report.lr_choice` over the runs at ``lrs``, or ``None`` while a method lacks one of them (on
+    every tuning seed and level)."""
+    from .report import lr_choice
+
+    mine = [r for r in records if any(math.isclose(r["lr"], lr) for lr in lrs)]
+    choice = lr_choice(mine) if mine else {}
+    need = len(tune.levels) * tune.seeds
+    for method in tune.objectives:
+        runs = choice.get(method, {}).get("runs", {})
+        if any(sum(n for got, n in runs.items() if math.isclose(got, lr)) < need for lr in lrs):
+            return None
+    return choice
+
+
+def beyond_the_edge(choice: dict[str, dict], tune: Ladder) -> dict[float, tuple[str, ...]]:
+    """``{lr: methods}``: the methods whose best lr on the grid is one of its edges, by the point past
+    that edge (:data:`ladder.LR_BEYOND`) they also run at."""
+    from .ladder import LR_BEYOND
+
+    beyond: dict[float, tuple[str, ...]] = {}
+    for edge, further in LR_BEYOND.items():
+        methods = tuple(m for m in tune.objectives if m in choice and choice[m]["lr"] is not None
+                        and math.isclose(choice[m]["lr"], edge))  # fmt: skip
+        if methods and edge in tune.lrs:
+            beyond[further] = methods
+    return beyond
+
+
 def chosen_lrs(out: Path, ladder: Ladder | None = None, *, lr_from: str | None = None,
                records_dir: str | None = None) -> dict[str, dict] | None:  # fmt: skip
-    """Each method's lr chosen on the tuning runs, or ``None`` while a method of ``ladder`` (default:
-    the tuning phase's) lacks a complete grid (every lr on every tuning seed and level)."""
+    """Each method's lr chosen on the tuning runs, or ``None`` while the tuning is incomplete: a method of
+    ``ladder`` (default: the tuning phase's) lacks a run of the grid, or its best on the grid is an edge
+    and it lacks the runs one point past it (:func:`beyond_the_edge`). The choice is then made over the
+    grid and that point together."""
     from .ladder import TUNE
     from .report import lr_choice
 
     tune = ladder or TUNE
     records = [r for r in _tuning_records(out, lr_from, records_dir) if math.isfinite(r.get("lr", math.nan))]
-    need = len(tune.levels) * tune.seeds
-    choice = lr_choice(records) if records else {}
-    for method in tune.objectives:
-        runs = choice.get(method, {}).get("runs", {})
-        if any(runs.get(lr, 0) < need for lr in tune.lrs):
+    grid = _grid_choice(records, tune, tune.lrs)
+    if grid is None:
+        return None
+    beyond = beyond_the_edge(grid, tune)
+    for lr, methods in beyond.items():
+        if _grid_choice(records, dataclasses.replace(tune, objectives=methods), (lr,)) is None:
             return None
-    return choice
+    allowed = {m: [*tune.lrs, *(lr for lr, ms in beyond.items() if m in ms)] for m in tune.objectives}
+    kept = [r for r in records if any(math.isclose(r["lr"], lr) for lr in allowed.get(r["method"], ()))]
+    return lr_choice(kept)
+
+
+def tuning_extension(out: Path, tune: Ladder, args: argparse.Namespace) -> Ladder | None:
+    """The tuning runs still to make past the grid's edges (one ladder per call, the first point still
+    incomplete), or ``None`` while the grid itself is incomplete or nothing past it is needed."""
+    records = [r for r in _tuning_records(out, args.lr_from, args.records) if math.isfinite(r.get("lr", math.nan))]
+    grid = _grid_choice(records, tune, tune.lrs)
+    if grid is None:
+        return None
+    for lr, methods in beyond_the_edge(grid, tune).items():
+        if _grid_choice(records, dataclasses.replace(tune, objectives=methods), (lr,)) is None:
+            objectives = methods if BASELINE in methods else (BASELINE, *methods)  # a plan needs the baseline
+            return dataclasses.replace(tune, objectives=objectives, lrs=(lr,))
+    return None
 
 
 def _best_of_the_rest(out: Path) -> str | None:
@@ -124,6 +172,12 @@ def phase_plan(out: Path, phase: str | None, ladder: Ladder, args: argparse.Name
                 return None, "stress: the scale phase waits for the main phase (its best method at L3)"
             ladder = dataclasses.replace(ladder, objectives=(*SCALE_FIXED, best))
         summary += "; lr " + ", ".join(f"{m} {lr:g}" for m, lr in ladder.lr or (("all", COMMON_LR_VALUE),))
-    plan = build_plan(where, ladder, workers=args.workers, overrides=args.overrides,
-                      skip=recorded_runs(args.records, phase))  # fmt: skip
+    skip = recorded_runs(args.records, phase)
+    plan = build_plan(where, ladder, workers=args.workers, overrides=args.overrides, skip=skip)
+    if phase == "tune" and all(job.done() for job in plan.runs):
+        extension = tuning_extension(out, ladder, args)
+        if extension is not None:  # the grid is done and some method's best is an edge: one point past it
+            plan = build_plan(where, extension, workers=args.workers, overrides=args.overrides, skip=skip)
+            summary += (f"; past the grid's edge: lr {extension.lrs[0]:g} for "
+                        f"{','.join(m for m in extension.objectives)}")  # fmt: skip
     return plan, summary
