@@ -171,13 +171,14 @@ def test_runs_start_in_the_plans_order_headline_first_and_a_chunk_limit_stops_di
     cache = f"warm_start.cache_dir={tmp_path / 'cache'}"
     plan = build_plan(tmp_path / "out", ladder, workers=1, overrides=[cache])
     assert [j.name for j in plan.runs[:6]] == [f"L3/{m}/seed{s}" for s in range(3) for m in ("grpo", "sspo")]
+    stopped = build_plan(tmp_path / "stopped", ladder, workers=1, overrides=[cache])
     events: list[str] = []
     monkeypatch.setattr(runner, "_spawn", _fake_spawn(events))
-    runner.execute_plan(build_plan(tmp_path / "stopped", ladder, workers=1, overrides=[cache]), echo=False,
-                        stop_after_s=0.0)  # fmt: skip
-    assert events == [] and "chunk limit of 0 min reached" in (tmp_path / "stopped" / "stress.log").read_text()
-    warm_of = {id(j.config): j for j in plan.warm_starts}  # one worker: warm starts are built in this process
+    warm_of = {id(j.config): j for j in plan.warm_starts + stopped.warm_starts}  # one worker: built in this process
     monkeypatch.setattr(runner, "run_job", lambda payload: _fake_spawn(events)(warm_of[id(payload["config"])], payload, None))
+    runner.execute_plan(stopped, echo=False, stop_after_s=0.0)
+    assert [e for e in events if not e.startswith("warm start")] == []  # no run started
+    assert "chunk limit of 0 min reached" in (tmp_path / "stopped" / "stress.log").read_text()
     assert runner.execute_plan(plan, echo=False) == []
     trained = [e for e in events if not e.startswith("warm start")]
     assert trained == [j.name for j in plan.runs]  # the plan's order, not sorted by seed
