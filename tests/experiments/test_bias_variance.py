@@ -267,9 +267,9 @@ def test_m2po_mask_is_per_group_not_over_the_stacked_batches():
         literal = _m2po_keep_literal((log_ratio[m] ** 2).reshape(-1).tolist(), 0.04)
         assert keep[m].reshape(-1).tolist() == literal
         full = torch.ones(4, 5, dtype=torch.bool)
-        assert torch.equal(keep[m], second_moment_mask(log_ratio[m], full, 0.04))
+        assert torch.equal(keep[m], full & ~second_moment_mask(log_ratio[m] ** 2, full, 0.04))  # it returns the masked
     assert bool(keep[0].all()) and 0 < int(keep[2].sum()) < 20  # small drift: all kept; large: some
-    joint = second_moment_mask(log_ratio.reshape(12, 5), torch.ones(12, 5, dtype=torch.bool), 0.04)
+    joint = ~second_moment_mask(log_ratio.reshape(12, 5) ** 2, torch.ones(12, 5, dtype=torch.bool), 0.04)
     assert not torch.equal(joint.reshape(3, 4, 5), keep)  # one mask over all groups would differ
 
 
