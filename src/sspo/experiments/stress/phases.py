@@ -98,6 +98,22 @@ def beyond_the_edge(choice: dict[str, dict], tune: Ladder) -> dict[float, tuple[
     return beyond
 
 
+def _tuning_records_with_lr(out: Path, lr_from: str | None, records_dir: str | None) -> list[dict]:
+    return [r for r in _tuning_records(out, lr_from, records_dir) if math.isfinite(r.get("lr", math.nan))]
+
+
+def _tuning_state(records: list[dict], tune: Ladder):
+    """``(grid choice, {lr past an edge: methods}, the first such (lr, methods) still incomplete)``;
+    ``(None, {}, None)`` while the grid itself is incomplete."""
+    grid = _grid_choice(records, tune, tune.lrs)
+    if grid is None:
+        return None, {}, None
+    beyond = beyond_the_edge(grid, tune)
+    missing = next(((lr, methods) for lr, methods in beyond.items()
+                    if _grid_choice(records, dataclasses.replace(tune, objectives=methods), (lr,)) is None), None)  # fmt: skip
+    return grid, beyond, missing
+
+
 def chosen_lrs(out: Path, ladder: Ladder | None = None, *, lr_from: str | None = None,
                records_dir: str | None = None) -> dict[str, dict] | None:  # fmt: skip
     """Each method's lr chosen on the tuning runs, or ``None`` while the tuning is incomplete: a method of
@@ -108,14 +124,10 @@ def chosen_lrs(out: Path, ladder: Ladder | None = None, *, lr_from: str | None =
     from .report import lr_choice
 
     tune = ladder or TUNE
-    records = [r for r in _tuning_records(out, lr_from, records_dir) if math.isfinite(r.get("lr", math.nan))]
-    grid = _grid_choice(records, tune, tune.lrs)
-    if grid is None:
+    records = _tuning_records_with_lr(out, lr_from, records_dir)
+    grid, beyond, missing = _tuning_state(records, tune)
+    if grid is None or missing is not None:
         return None
-    beyond = beyond_the_edge(grid, tune)
-    for lr, methods in beyond.items():
-        if _grid_choice(records, dataclasses.replace(tune, objectives=methods), (lr,)) is None:
-            return None
     allowed = {m: [*tune.lrs, *(lr for lr, ms in beyond.items() if m in ms)] for m in tune.objectives}
     kept = [r for r in records if any(math.isclose(r["lr"], lr) for lr in allowed.get(r["method"], ()))]
     return lr_choice(kept)
@@ -124,15 +136,12 @@ def chosen_lrs(out: Path, ladder: Ladder | None = None, *, lr_from: str | None =
 def tuning_extension(out: Path, tune: Ladder, args: argparse.Namespace) -> Ladder | None:
     """The tuning runs still to make past the grid's edges (one ladder per call, the first point still
     incomplete), or ``None`` while the grid itself is incomplete or nothing past it is needed."""
-    records = [r for r in _tuning_records(out, args.lr_from, args.records) if math.isfinite(r.get("lr", math.nan))]
-    grid = _grid_choice(records, tune, tune.lrs)
-    if grid is None:
+    _, _, missing = _tuning_state(_tuning_records_with_lr(out, args.lr_from, args.records), tune)
+    if missing is None:
         return None
-    for lr, methods in beyond_the_edge(grid, tune).items():
-        if _grid_choice(records, dataclasses.replace(tune, objectives=methods), (lr,)) is None:
-            objectives = methods if BASELINE in methods else (BASELINE, *methods)  # a plan needs the baseline
-            return dataclasses.replace(tune, objectives=objectives, lrs=(lr,))
-    return None
+    lr, methods = missing
+    objectives = methods if BASELINE in methods else (BASELINE, *methods)  # a plan needs the baseline
+    return dataclasses.replace(tune, objectives=objectives, lrs=(lr,))
 
 
 def _best_of_the_rest(out: Path) -> str | None:
