@@ -494,7 +494,7 @@ def _cells(records: Sequence[dict], phase: str) -> list[dict]:
 def common_lr_records(phases: dict[str, list[dict]]) -> list[dict]:
     """The common-lr comparison at ``L3``: the common-lr phase's runs, plus the main phase's ``L3`` runs of
     the methods whose chosen lr is the common one (their main runs are their common-lr runs)."""
-    common = [r for r in phases.get("common-lr", [])]
+    common = list(phases.get("common-lr", []))
     if not common:
         return []
     have = {(r["method"], r["seed"]) for r in common}
