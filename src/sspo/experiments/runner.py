@@ -349,7 +349,7 @@ def _spawn(job: Job, payload: dict, log_path: Path) -> int:
     job_file = log_path.parent / (JOB_FILE if job.kind != "warm_start" else f"warm_start_{job.seed}.json")
     job_file.write_text(json.dumps(payload, indent=1))
     with open(log_path, "a") as log:
-        proc = subprocess.run([sys.executable, "-m", "sspo.experiments.runner", str(job_file)],
+        proc = subprocess.run([sys.executable, "-m", "sspo.experiments.runner", str(job_file), str(os.getpid())],
                               stdout=log, stderr=subprocess.STDOUT, env=_worker_env(payload["config"].get("threads")))  # fmt: skip
     return proc.returncode
 
@@ -543,4 +543,8 @@ def run_job(payload: dict) -> None:
 
 
 if __name__ == "__main__":
+    from ..lifetime import die_with_parent
+
+    if len(sys.argv) > 2:  # the plan's pid: a killed plan takes its jobs along
+        die_with_parent(int(sys.argv[2]))
     run_job(json.loads(Path(sys.argv[1]).read_text()))

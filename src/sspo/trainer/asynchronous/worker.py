@@ -18,7 +18,6 @@ children.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ...lifetime import die_with_parent
 from .timeline import Timeline, set_current
 from .weights import WeightChannel
 
@@ -76,22 +76,10 @@ def _send(conn, message) -> None:
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """SIGKILL this process when the learner dies (Linux), and exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
 def worker_main(index: int, spec: WorkerSpec, channel: WeightChannel, tasks, results, parent_pid: int) -> None:
     """Process main of rollout worker ``index``: ``tasks`` and ``results`` are the read and write ends of
     its two pipes from and to the scheduler."""
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     try:
         os.setpgid(0, 0)
     except (AttributeError, OSError):  # not POSIX, or not allowed: the scheduler then kills the worker alone
