@@ -106,10 +106,11 @@ def consistent(state: dict, version: int) -> bool:
     return bool((a == version).all() and (b == -version).all() and int(n) == version)
 
 
-def channel_reader(channel, reading, stop, out) -> None:
+def channel_reader(channel, reading, stop, out, count=None) -> None:
     """Load ``channel`` into a local state over and over until ``stop`` (``reading`` is set after the
-    first load); put ``(loads, torn loads, versions seen, whether the trainer's loop was imported)`` on
-    ``out`` (started with ``SpawnTarget``, the ``sspo.trainer`` package stays lazy)."""
+    first load; ``count``, a shared integer, counts the loads as they happen); put ``(loads, torn loads,
+    versions seen, whether the trainer's loop was imported)`` on ``out`` (started with ``SpawnTarget``,
+    the ``sspo.trainer`` package stays lazy)."""
     import sys
 
     local = big_state(0.0)
@@ -119,6 +120,8 @@ def channel_reader(channel, reading, stop, out) -> None:
         loads += 1
         seen.add(version)
         torn += not consistent(local, version)
+        if count is not None:
+            count.value = loads
         reading.set()
     out.put((loads, torn, sorted(seen), "sspo.trainer.loop" in sys.modules))
 

@@ -71,26 +71,35 @@ def _naive_reader(channel: WeightChannel, stop, out) -> None:
 def test_readers_never_see_torn_weights_under_concurrent_publishes():
     """A spawned reader process and a reader thread load while the learner publishes back to back:
     every load holds exactly one version (the checksum), and both readers saw several. A reader
-    without the seqlock, beside them, does see torn mixes: the check can fail."""
+    without the seqlock, beside them, does see torn mixes: the check can fail. Publishing goes on for at
+    least 1 s and until each reader has loaded 10 times, so a busy machine only makes it longer."""
     channel = WeightChannel(big_state(0.0), version=0)
     ctx = torch_mp.get_context("spawn")
-    reading, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=SpawnTarget("async_toy:channel_reader"), args=(channel, reading, stop, out), daemon=True)
+    reading, stop, out, count = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Value("i", 0)
+    child = ctx.Process(target=SpawnTarget("async_toy:channel_reader"), args=(channel, reading, stop, out, count),
+                        daemon=True)  # fmt: skip
     child.start()
     t_reading, t_stop, t_out, n_out = threading.Event(), threading.Event(), queue.Queue(), queue.Queue()
-    threads = [threading.Thread(target=channel_reader, args=(channel, t_reading, t_stop, t_out), daemon=True),
+    t_count = ctx.Value("i", 0)
+    threads = [threading.Thread(target=channel_reader, args=(channel, t_reading, t_stop, t_out, t_count), daemon=True),
                threading.Thread(target=_naive_reader, args=(channel, t_stop, n_out), daemon=True)]  # fmt: skip
     try:
         version, started = 0, None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (started is None or time.monotonic() - started < 1.0):
+
+        def reading_long_enough() -> bool:
+            return time.monotonic() - started >= 1.0 and count.value >= 10 and t_count.value >= 10
+
+        while time.monotonic() < deadline and (started is None or not reading_long_enough()):
             version += 1
             channel.publish(big_state(float(version)), version)
             if started is None and reading.is_set():  # the child has imported torch and loaded once
                 for thread in threads:
                     thread.start()
                 started = time.monotonic()
-            time.sleep(0.0005 if started else 0.01)
+            # back to back, with a pause every 20 publishes: readers can tear (the control) and still finish
+            # loads on a busy machine (a seqlock reader retries while publishes overlap its copy)
+            time.sleep((0.02 if version % 20 == 0 else 0.0005) if started else 0.01)
         assert started is not None, "the reader process did not load within 30 s"
         stop.set()
         t_stop.set()
