@@ -110,6 +110,12 @@ class RolloutConfig:
     loss and are left out of their group's advantage statistics), ``zero`` (reward 0, trained on as
     wrong) or ``score`` (graded like finished ones, e.g. by the last number they happen to contain).
     ``rollout/truncated_frac`` logs how many there were."""
+    filter_groups: bool = False
+    """DAPO's dynamic sampling: sample ``oversample × P`` prompts and train on the first ``P`` groups whose
+    rewards are not all equal (a group of equal rewards has zero advantage and no gradient, yet dilutes a
+    token mean); fewer when fewer are informative. ``rollout/groups_kept`` logs how many were."""
+    oversample: int = 1
+    """With ``filter_groups``: prompts sampled per step, as a multiple of ``prompts_per_step``."""
     max_reward_error_frac: float = 0.1
     """Stop the run when more than this share of a step's rewards are verifier errors (math-verify raised
     or its worker died; ``reward/error_frac``). The first error is warned about, whatever the share."""
@@ -515,6 +521,9 @@ def validate(config: TrainConfig) -> None:
              "a sampler of its own precision needs its own behaviour log-probs: set update.old_logprobs=auto or "
              "sampler, or correct for it (objective.rollout_correction.rollout_is or rollout_rs)")  # fmt: skip
     _require(r.truncated in TRUNCATED, "rollout.truncated", f"{r.truncated!r} is not one of {', '.join(TRUNCATED)}")
+    _require(r.oversample >= 1, "rollout.oversample", f"must be >= 1, got {r.oversample}")
+    _require(r.oversample == 1 or r.filter_groups, "rollout.oversample",
+             "oversampling only changes a run with rollout.filter_groups=true; set it, or oversample=1")  # fmt: skip
     _require(0 <= r.max_reward_error_frac <= 1, "rollout.max_reward_error_frac",
              f"must be in [0, 1], got {r.max_reward_error_frac}")  # fmt: skip
     _require(o.name in sspo.OBJECTIVES, "objective.name", f"unknown objective {o.name!r}; valid: {', '.join(sspo.OBJECTIVES)}")

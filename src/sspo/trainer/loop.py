@@ -46,7 +46,14 @@ from .plots import plot_run
 from .policy import response_logprobs, response_logprobs_no_grad
 from .quiet import hf_progress_bars_off
 from .rewards import task_reward
-from .rollout import add_learner_log_probs, logprob_mismatch, make_rollout, problems_for
+from .rollout import (
+    add_learner_log_probs,
+    groups_to_keep,
+    logprob_mismatch,
+    make_rollout,
+    problems_for,
+    sampled_prompts,
+)
 from .warm_start import prepare_model
 
 CONFIG_FILE = "config.yaml"
@@ -307,7 +314,7 @@ class Trainer:
         return self.sampler_copy
 
     def _problems_for(self, step: int) -> list:
-        return problems_for(self.train_problems, self.config.seed, self.config.rollout.prompts_per_step, step)
+        return problems_for(self.train_problems, self.config.seed, sampled_prompts(self.config.rollout), step)
 
     def _evaluate(self) -> dict[str, float]:
         c = self.config
@@ -363,6 +370,7 @@ class Trainer:
                 advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=self.device),
                 backend=c.rollout.backend, reference=self.reference, recompute=self.recompute_old,
                 truncated=c.rollout.truncated, proximal=proximal,
+                keep_groups=groups_to_keep(c.rollout),
             )  # fmt: skip
             async_metrics = {}
         else:  # a worker sampled and scored it; the learner adds the forwards that need its own models

@@ -87,6 +87,7 @@ def make_rollout(
     recompute: bool = True,
     truncated: str = "drop",
     proximal=None,
+    keep_groups: int | None = None,
 ) -> RolloutBatch:
     """Sample ``G`` responses per problem with ``behaviour``, score them with the task's training reward
     (:meth:`TaskReward.score_batch`), compute advantages. ``recompute``: behaviour log-probs from a no-grad
@@ -94,7 +95,9 @@ def make_rollout(
     policy) whose no-grad forward gives the old log-probs instead (decoupled PPO). The sampler's own
     log-probs are kept as ``rollout_log_probs`` whatever the old ones are. ``truncated``: responses with no EOS
     within ``max_new_tokens`` are ``drop``-ped (no loss, left out of their group's advantage
-    statistics, reward logged as 0), get reward 0 (``zero``), or are graded as they are (``score``)."""
+    statistics, reward logged as 0), get reward 0 (``zero``), or are graded as they are (``score``).
+    ``keep_groups``: dynamic sampling (``rollout.filter_groups``): keep only the first ``keep_groups``
+    groups with a non-zero advantage (:func:`informative_groups`), before any log-prob forward."""
     prompt_ids = [ids for ids in encode_prompts(problems, tokenizer, template) for _ in range(samples_per_prompt)]
     out = sample(
         behaviour, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -115,16 +118,28 @@ def make_rollout(
     advantages, adv_metrics = group_advantages(rewards, samples_per_prompt, method=advantage, valid=keep)
     if keep is not None:
         mask = mask & keep[:, None]  # DAPO's overlong filtering: a dropped response has no loss term
-    groups = torch.arange(len(prompt_ids), device=mask.device) // samples_per_prompt
-    old = out.old_log_probs
+    input_ids, attention_mask, response_ids, sampled = out.input_ids, out.attention_mask, out.response_ids, out.old_log_probs
+    lengths = out.response_mask.sum(-1).float()
+    group_metrics = {}
+    if keep_groups is not None:
+        kept = informative_groups(advantages, samples_per_prompt, keep_groups)
+        group_metrics = {"rollout/groups_kept": float(len(kept)),
+                         "rollout/groups_informative_frac": float((advantages.view(-1, samples_per_prompt) != 0)
+                                                                  .any(-1).float().mean())}  # fmt: skip
+        rows = (kept[:, None] * samples_per_prompt + torch.arange(samples_per_prompt, device=kept.device)).flatten()
+        input_ids, attention_mask, response_ids, sampled = (t[rows] for t in (input_ids, attention_mask, response_ids, sampled))
+        mask, advantages, rewards = mask[rows], advantages[rows], rewards[rows]
+        completions = [completions[i] for i in rows.tolist()]
+    groups = torch.arange(input_ids.shape[0], device=mask.device) // samples_per_prompt
+    old = sampled
     if recompute and proximal is None:
-        old = response_logprobs_no_grad(behaviour, out.input_ids, out.attention_mask, out.response_ids,
+        old = response_logprobs_no_grad(behaviour, input_ids, attention_mask, response_ids,
                                         temperature=temperature, groups=groups)  # fmt: skip
     old = torch.where(mask, old, torch.zeros_like(old))
-    sampler_log_probs = torch.where(mask, out.old_log_probs, torch.zeros_like(out.old_log_probs))
-    lengths = out.response_mask.sum(-1).float()
+    sampler_log_probs = torch.where(mask, sampled, torch.zeros_like(sampled))
     metrics = {
         **reward_metrics,
+        **group_metrics,
         **{k: float(v) for k, v in adv_metrics.items()},
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
@@ -133,10 +148,28 @@ def make_rollout(
         "rollout/tokens": float(lengths.sum()),
     }
     if recompute and proximal is None:
-        metrics["rollout/logprob_mismatch_max"] = logprob_mismatch(old, out.old_log_probs, mask)
-    batch = RolloutBatch(out.input_ids, out.attention_mask, out.response_ids, mask, old, advantages, rewards,
+        metrics["rollout/logprob_mismatch_max"] = logprob_mismatch(old, sampled, mask)
+    batch = RolloutBatch(input_ids, attention_mask, response_ids, mask, old, advantages, rewards,
                          groups, None, completions, metrics, sampler_log_probs)  # fmt: skip
     return add_learner_log_probs(batch, reference=reference, proximal=proximal, temperature=temperature)
+
+
+def informative_groups(advantages: Tensor, samples_per_prompt: int, keep: int) -> Tensor:
+    """Indices of the first ``keep`` groups with some non-zero advantage (rewards not all equal), in
+    sampling order; the first group alone when none is (a well-formed batch whose update is skipped)."""
+    signal = (advantages.view(-1, samples_per_prompt) != 0).any(-1)
+    kept = signal.nonzero().flatten()[:keep]
+    return kept if kept.numel() else torch.zeros(1, dtype=torch.long, device=advantages.device)
+
+
+def sampled_prompts(rollout) -> int:
+    """Prompts a step samples: ``prompts_per_step``, times ``oversample`` with ``filter_groups``."""
+    return rollout.prompts_per_step * (rollout.oversample if rollout.filter_groups else 1)
+
+
+def groups_to_keep(rollout) -> int | None:
+    """``make_rollout``'s ``keep_groups`` for a :class:`RolloutConfig`: ``P`` with ``filter_groups``."""
+    return rollout.prompts_per_step if rollout.filter_groups else None
 
 
 def add_learner_log_probs(batch: RolloutBatch, *, reference=None, proximal=None, temperature: float) -> RolloutBatch:

@@ -53,13 +53,13 @@ class TrainerRollout:
     def __call__(self, model: torch.nn.Module, step: int):
         from ..loop import seeded
         from ..rewards import task_reward
-        from ..rollout import make_rollout, problems_for
+        from ..rollout import groups_to_keep, make_rollout, problems_for, sampled_prompts
 
         c = self.config
         key = id(self)
         if key not in _SCORERS:
             _SCORERS[key] = task_reward(c)
-        problems = problems_for(self.train_problems, c.seed, c.rollout.prompts_per_step, step)
+        problems = problems_for(self.train_problems, c.seed, sampled_prompts(c.rollout), step)
         device = next(model.parameters()).device
         return make_rollout(
             model, self.tokenizer, problems, _SCORERS[key],
@@ -67,4 +67,5 @@ class TrainerRollout:
             temperature=c.rollout.temperature, top_p=c.rollout.top_p, template=c.task.template,
             advantage=c.objective.advantage, generator=seeded(c.seed, 2, step, device=device),
             backend=c.rollout.backend, recompute=self.recompute, truncated=c.rollout.truncated,
+            keep_groups=groups_to_keep(c.rollout),
         )  # fmt: skip
