@@ -112,3 +112,18 @@ def test_an_asynchronous_worker_filters_the_same_way(tmp_path):
 def test_oversample_is_checked(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         tiny_config(tmp_path, *overrides)
+
+
+def test_fewer_kept_rows_than_mini_batches_skips_the_empty_ones(tmp_path):
+    """One informative group of 4 rows and K = 8 mini-batches: four updates of one row, four skipped."""
+
+    class OneMixedGroup(GroupScorer):
+        mixed = (1,)
+
+    trainer = Trainer(tiny_config(tmp_path, "rollout.filter_groups=true", "rollout.oversample=2",
+                                  "update.mini_batches=8"), log=quiet)  # fmt: skip
+    trainer.scorer = OneMixedGroup()
+    metrics = trainer.train_step(1)
+    assert metrics["rollout/groups_kept"] == 1.0
+    assert metrics["update/applied"] + metrics["update/skipped_zero_signal"] == 8
+    assert metrics["update/skipped_zero_signal"] >= 4

@@ -390,6 +390,9 @@ class Trainer:
         counts = {"applied": 0, "skipped_zero_signal": 0, "skipped_nonfinite": 0}
         for epoch in range(c.update.epochs):
             for idx in self.mini_batches(step, epoch, batch.input_ids.shape[0]):
+                if idx.numel() == 0:  # dynamic sampling kept fewer rows than there are mini-batches
+                    counts["skipped_zero_signal"] += 1
+                    continue
                 # without a recompute, the policy is its own behaviour policy until its first applied update
                 own = (counts["applied"] == 0 and self.old_logprobs == "sampler" and self.behaviour is None
                        and self.sampler_dtype is None and fresh)
