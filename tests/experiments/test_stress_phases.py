@@ -208,3 +208,18 @@ def test_a_best_lr_at_the_grids_edge_runs_one_point_past_it_before_the_choice(tm
     assert choice["vespo"]["lr"] == 1e-3  # past the edge, better: chosen
     assert choice["grpo"]["lr"] == 1e-4 and 1e-5 not in choice["grpo"]["scores"]  # not at an edge: grid only
     assert 1e-3 not in choice["sspo"]["scores"]  # sspo was at the lower edge only
+
+
+def test_a_committed_csv_reads_back_and_writes_unchanged(tmp_path):
+    """Integers stay integers (``500``, not ``500.0``), so re-reporting does not rewrite committed rows."""
+    from sspo.experiments.reporting import write_csv
+    from sspo.experiments.stress.phases import read_csv_records
+
+    text = "phase,level,method,seed,eval_problems,lr,acc_final,note\nmain,L0,grpo,3,500,3e-05,0.452,\n"
+    src = tmp_path / "a.csv"
+    src.write_text(text)
+    rows = read_csv_records(src)
+    assert rows[0]["seed"] == 3 and rows[0]["eval_problems"] == 500 and isinstance(rows[0]["eval_problems"], int)
+    assert rows[0]["lr"] == 3e-05 and rows[0]["acc_final"] == 0.452
+    write_csv(tmp_path / "b.csv", rows)
+    assert (tmp_path / "b.csv").read_text().replace("\r\n", "\n") == text

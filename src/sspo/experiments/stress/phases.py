@@ -41,12 +41,10 @@ def read_csv_records(path: Path) -> list[dict]:
                 elif value == "":
                     parsed[key] = math.nan
                 else:
-                    try:
-                        number = float(value)
+                    try:  # an integer stays one, so a committed CSV is written back unchanged
+                        parsed[key] = int(value) if value.lstrip("-").isdigit() else float(value)
                     except ValueError:
                         parsed[key] = value
-                        continue
-                    parsed[key] = int(number) if key == "seed" else number
             rows.append(parsed)
     return rows
 
