@@ -124,8 +124,7 @@ def make_rollout(
     if keep_groups is not None:
         kept = informative_groups(advantages, samples_per_prompt, keep_groups)
         group_metrics = {"rollout/groups_kept": float(len(kept)),
-                         "rollout/groups_informative_frac": float((advantages.view(-1, samples_per_prompt) != 0)
-                                                                  .any(-1).float().mean())}  # fmt: skip
+                         "rollout/groups_informative_frac": float(group_signal(advantages, samples_per_prompt).float().mean())}  # fmt: skip
         rows = (kept[:, None] * samples_per_prompt + torch.arange(samples_per_prompt, device=kept.device)).flatten()
         input_ids, attention_mask, response_ids, sampled = (t[rows] for t in (input_ids, attention_mask, response_ids, sampled))
         mask, advantages, rewards = mask[rows], advantages[rows], rewards[rows]
@@ -154,11 +153,15 @@ def make_rollout(
     return add_learner_log_probs(batch, reference=reference, proximal=proximal, temperature=temperature)
 
 
+def group_signal(advantages: Tensor, samples_per_prompt: int) -> Tensor:
+    """``[P]`` bool: groups with some non-zero advantage (their rewards are not all equal)."""
+    return (advantages.view(-1, samples_per_prompt) != 0).any(-1)
+
+
 def informative_groups(advantages: Tensor, samples_per_prompt: int, keep: int) -> Tensor:
     """Indices of the first ``keep`` groups with some non-zero advantage (rewards not all equal), in
     sampling order; the first group alone when none is (a well-formed batch whose update is skipped)."""
-    signal = (advantages.view(-1, samples_per_prompt) != 0).any(-1)
-    kept = signal.nonzero().flatten()[:keep]
+    kept = group_signal(advantages, samples_per_prompt).nonzero().flatten()[:keep]
     return kept if kept.numel() else torch.zeros(1, dtype=torch.long, device=advantages.device)
 
 
